@@ -9,7 +9,7 @@ command only loads what it uses::
 """
 from __future__ import annotations
 
-import importlib
+from gspdml._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -46,13 +46,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gspdml' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 def __dir__():

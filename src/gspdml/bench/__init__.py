@@ -1,0 +1,1 @@
+"""Benchmarks behind `gspdml bench ...` (speed ratios measured side by side in one run)."""

@@ -1,0 +1,1 @@
+"""Plots: pooling-weight maps, prototype histograms, embedding geometry."""
