@@ -188,7 +188,7 @@ def test_param_groups_and_init():
     assert group["params"][0] is loss_fn.class_embeddings and group["lr_mult"] == 2.0
     assert loss_fn.class_embeddings.shape == (50, 128)
     # He-normal with fan_out = num_classes (as the authors' code): std sqrt(2 / 50) = 0.2
-    assert float(loss_fn.class_embeddings.std()) == pytest.approx(0.2, rel=0.05)
+    assert loss_fn.class_embeddings.std().item() == pytest.approx(0.2, rel=0.05)
 
 
 # --------------------------------------------------------------------------------------------- errors
