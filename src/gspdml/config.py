@@ -1,0 +1,435 @@
+"""Typed training configuration that maps one-to-one onto the YAML files in ``configs/``.
+
+A config is a :class:`TrainConfig` with the sections ``data``, ``model``, ``loss`` (with its
+``zero_shot`` sub-section), ``optim``, ``train`` and ``eval``, plus the top-level ``name`` and
+``output_dir``. Every field has a default, so a YAML file only lists what differs::
+
+    cfg = load_config("configs/cub_ms_gsp.yaml", overrides=["loss.name=Triplet", "train.max_steps=100"])
+    cfg.optim.lr            # 1e-05
+    save_config(cfg, "run/config.yaml")
+
+Unknown keys raise :class:`~gspdml.errors.ConfigError` listing the valid keys of that section;
+wrong types raise it naming the key, the value and the expected type. Override values are parsed
+as YAML (``train.amp=false`` gives ``False``, ``data.fold=null`` gives ``None``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from gspdml.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "ZeroShotConfig",
+    "LossConfig",
+    "OptimConfig",
+    "LoopConfig",
+    "EvalConfig",
+    "TrainConfig",
+    "load_config",
+    "save_config",
+    "config_from_dict",
+    "to_dict",
+    "apply_overrides",
+    "validate_config",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "cosine", "step")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    """Dataset, transforms, folds and batch composition."""
+
+    dataset: str = "cub"
+    """Dataset name from ``gspdml.data`` (``cub, cars196, sop, inshop, digits_collage, ...``)."""
+    root: str = "data"
+    """Folder holding the dataset files as distributed by their authors."""
+    image_size: int = 227
+    transform: str = "mlrc"
+    """Transform kind for ``gspdml.data.build_transform`` (``mlrc``, ``small``) or ``none``."""
+    normalization: str = "bninception"
+    fold: Optional[int] = None
+    """MLRC fold (0..num_folds-1): train on the other folds' classes, validate on this one.
+    ``None`` trains on the whole train split (conventional protocol)."""
+    num_folds: int = 4
+    classes_per_batch: int = 8
+    samples_per_class: int = 4
+    num_workers: int = 4
+    train_split: str = "train"
+    test_split: str = "test"
+    """Split evaluated at the end of training; ``inshop`` evaluates ``query`` against ``gallery``."""
+    options: dict = field(default_factory=dict)
+    """Extra keyword options passed to the dataset builder."""
+
+
+@dataclass
+class ModelConfig:
+    """Backbone -> 1x1 conv to ``local_dim`` -> pooling -> L2 normalisation."""
+
+    backbone: str = "bninception"
+    pretrained: Optional[str] = None
+    """Local path to pretrained backbone weights (nothing is downloaded) or ``null``."""
+    backbone_kwargs: dict = field(default_factory=dict)
+    local_dim: int = 128
+    pooling: str = "gsp"
+    pooling_kwargs: dict = field(default_factory=dict)
+    freeze_bn: bool = True
+    """Freeze BN running statistics (affine parameters still train), as MLRC does."""
+
+
+@dataclass
+class ZeroShotConfig:
+    """The zero-shot regulariser L_ZS on the GSP prototype marginals (paper Sec. 4.3)."""
+
+    enabled: bool = False
+    weight: float = 0.1
+    """lambda in (1 - lambda) L_DML + lambda L_ZS."""
+    ridge: float = 0.05
+    scale: float = 9.5
+
+
+@dataclass
+class LossConfig:
+    """DML loss by the paper's name (``C1, C2, Triplet, MS, XBM, PNCA, PAnchor``) and its options."""
+
+    name: str = "MS"
+    kwargs: dict = field(default_factory=dict)
+    zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    name: str = "adam"
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    """Applied to weights only: BN/norm parameters and biases get no weight decay."""
+    no_decay_norm_bias: bool = True
+    momentum: float = 0.9
+    """Used by ``sgd`` only."""
+    proxy_lr_mult: Optional[float] = None
+    """Learning-rate multiplier of the loss's parameter groups; ``null`` keeps the loss's default."""
+    scheduler: str = "none"
+    warmup_steps: int = 0
+    """Linear warm-up from 0 over this many steps (any scheduler)."""
+    step_size: int = 1000
+    """``step`` scheduler: multiply the lr by ``gamma`` every ``step_size`` steps."""
+    gamma: float = 0.5
+    min_lr_ratio: float = 0.0
+    """``cosine`` scheduler: final lr as a fraction of the base lr."""
+
+
+@dataclass
+class LoopConfig:
+    """The training loop: length, validation, early stopping, checkpoints, precision, seed."""
+
+    max_epochs: int = 100
+    max_steps: Optional[int] = None
+    """Stop after this many optimiser steps (``null``: only ``max_epochs`` limits)."""
+    eval_every_steps: Optional[int] = None
+    """Validate every N steps; ``null`` validates at the end of every epoch; ``0`` never."""
+    patience: Optional[int] = None
+    """Early stopping: stop after this many validations without a better validation MAP@R."""
+    checkpoint_every_steps: int = 1000
+    """Write ``checkpoints/last.pt`` every N steps (``0``: only at the end of training)."""
+    save_checkpoints: bool = True
+    """``false`` writes no checkpoint at all (cheap programmatic runs)."""
+    amp: Optional[bool] = None
+    """Mixed precision; ``null`` = on when training on CUDA."""
+    seed: int = 0
+    device: str = "auto"
+    grad_clip: Optional[float] = None
+    """Clip the global gradient norm to this value (``null``: no clipping)."""
+    log_every: int = 50
+    deterministic: bool = False
+    """Ask torch for deterministic algorithms (slower on GPU)."""
+    plot: bool = True
+    """Write ``curves.png`` in the run folder at the end."""
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation after training and during validation."""
+
+    batch_size: int = 64
+    recall_ks: list = field(default_factory=lambda: [1, 2, 4, 8])
+    test_at_end: bool = True
+    """Evaluate the final (best-validation when validating) model on ``data.test_split``."""
+    use_best: bool = True
+    """Restore the best-validation weights before the final test (when validation ran)."""
+
+
+@dataclass
+class TrainConfig:
+    """A full training run. Maps one-to-one onto a YAML file."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# type checking
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return {int: "int", float: "float", str: "str", bool: "bool", dict: "mapping", list: "list"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _check_value(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` converted to ``tp`` (int -> float only), or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(key, value, arg)
+            except ConfigError:
+                continue
+        raise _type_error(key, value, tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, value, tp)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, value, tp)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads '1e-5' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _type_error(key, value, tp)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, value, tp)
+    if tp is dict:
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return copy.deepcopy(value)
+        raise _type_error(key, value, tp)
+    if tp is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise _type_error(key, value, tp)
+    raise ConfigError(f"internal: unsupported config type {tp!r} for {key}")  # pragma: no cover
+
+
+def _type_error(key: str, value: Any, tp: Any) -> ConfigError:
+    return ConfigError(f"config key {key!r}: value {value!r} has the wrong type; expected {_type_name(tp)}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {where!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(f'{prefix}.{k}' if prefix else k) for k in unknown)}; "
+            f"valid keys of {where!r} are: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name], key)
+        else:
+            kwargs[name] = _check_value(key, data[name], tp)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict | None) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from a (YAML-loaded) nested dict."""
+    cfg = _build(TrainConfig, data or {}, "")
+    validate_config(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as a plain nested dict (YAML/JSON-serialisable)."""
+    return copy.deepcopy(dataclasses.asdict(cfg))
+
+
+def _choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key {key!r}: unknown value {value!r}; valid choices are: {', '.join(choices)}")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check values and ranges that a type alone does not catch (raises ConfigError)."""
+    d = cfg.data
+    if d.num_folds < 2:
+        raise ConfigError(f"config key 'data.num_folds': expected an int >= 2, got {d.num_folds}")
+    if d.fold is not None and not 0 <= d.fold < d.num_folds:
+        raise ConfigError(
+            f"config key 'data.fold': expected null or an int in 0..{d.num_folds - 1}, got {d.fold}"
+        )
+    for key, val in (
+        ("data.classes_per_batch", d.classes_per_batch),
+        ("data.samples_per_class", d.samples_per_class),
+        ("data.image_size", d.image_size),
+        ("model.local_dim", cfg.model.local_dim),
+        ("eval.batch_size", cfg.eval.batch_size),
+        ("train.log_every", cfg.train.log_every),
+    ):
+        if val < 1:
+            raise ConfigError(f"config key {key!r}: expected a positive int, got {val}")
+    if d.num_workers < 0:
+        raise ConfigError(f"config key 'data.num_workers': expected an int >= 0, got {d.num_workers}")
+    o = cfg.optim
+    _choice("optim.name", o.name.lower(), OPTIMIZERS)
+    _choice("optim.scheduler", o.scheduler.lower(), SCHEDULERS)
+    if o.lr <= 0:
+        raise ConfigError(f"config key 'optim.lr': expected a positive float, got {o.lr}")
+    if o.weight_decay < 0:
+        raise ConfigError(f"config key 'optim.weight_decay': expected a float >= 0, got {o.weight_decay}")
+    if o.warmup_steps < 0 or o.step_size < 1:
+        raise ConfigError("config keys 'optim.warmup_steps' (>= 0) and 'optim.step_size' (>= 1) out of range")
+    t = cfg.train
+    _choice("train.device", t.device.lower(), DEVICES)
+    if t.max_epochs < 1:
+        raise ConfigError(f"config key 'train.max_epochs': expected an int >= 1, got {t.max_epochs}")
+    if t.max_steps is not None and t.max_steps < 1:
+        raise ConfigError(f"config key 'train.max_steps': expected null or an int >= 1, got {t.max_steps}")
+    if t.eval_every_steps is not None and t.eval_every_steps < 0:
+        raise ConfigError(f"config key 'train.eval_every_steps': expected null or an int >= 0, got {t.eval_every_steps}")
+    if t.patience is not None and t.patience < 1:
+        raise ConfigError(f"config key 'train.patience': expected null or an int >= 1, got {t.patience}")
+    if t.checkpoint_every_steps < 0:
+        raise ConfigError(
+            f"config key 'train.checkpoint_every_steps': expected an int >= 0, got {t.checkpoint_every_steps}"
+        )
+    if t.grad_clip is not None and t.grad_clip <= 0:
+        raise ConfigError(f"config key 'train.grad_clip': expected null or a positive float, got {t.grad_clip}")
+    z = cfg.loss.zero_shot
+    if not 0.0 <= z.weight <= 1.0:
+        raise ConfigError(f"config key 'loss.zero_shot.weight': expected a float in [0, 1], got {z.weight}")
+    if z.ridge <= 0:
+        raise ConfigError(f"config key 'loss.zero_shot.ridge': expected a positive float, got {z.ridge}")
+    ks = cfg.eval.recall_ks
+    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise ConfigError(f"config key 'eval.recall_ks': expected a non-empty list of positive ints, got {ks}")
+
+
+# ---------------------------------------------------------------------------------------------
+# overrides, load, save
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like 'section.key=value' (e.g. 'loss.name=MS')")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key; expected 'section.key=value'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides) -> dict:
+    """Apply ``["a.b=c", ...]`` (values parsed as YAML) to a nested dict; returns a new dict.
+
+    Keys are checked against the dataclasses when the result is built, so a typo such as
+    ``optim.learning_rate=1`` reports the valid keys of ``optim``.
+    """
+    out = copy.deepcopy(data) if data else {}
+    for text in overrides or ():
+        path, value = _parse_override(str(text))
+        node = out
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section (its value is {nxt!r})")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides=None) -> TrainConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must contain a mapping at top level, got {type(loaded).__name__}")
+        data = loaded or {}
+        try:
+            config_from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
+    """Write the full resolved config as YAML (every key, defaults included)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return p
+
+
+def replace(cfg: TrainConfig, overrides) -> TrainConfig:
+    """A copy of ``cfg`` with ``key=value`` overrides applied (validated)."""
+    return config_from_dict(apply_overrides(to_dict(cfg), overrides))

@@ -1,0 +1,129 @@
+"""Embed a whole dataset with a model (eval mode, no gradients, tqdm progress)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gspdml.errors import InputError
+
+__all__ = ["embed_dataset", "split_batch", "move_input"]
+
+
+def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None, torch.Tensor]:
+    """Split a collated ``(input, label)`` batch into ``(x, mask, labels)``.
+
+    ``input`` is a tensor, or a dict with ``"x"`` (or ``"tokens"``) and optional ``"mask"`` for
+    token sets with padding.
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise InputError(
+            "a dataset item must be a pair (input, label); "
+            f"got a batch of type {type(batch).__name__} with {len(batch) if hasattr(batch, '__len__') else '?'} parts"
+        )
+    inputs, labels = batch
+    mask = None
+    if isinstance(inputs, dict):
+        mask = inputs.get("mask")
+        x = inputs.get("x", inputs.get("tokens"))
+        if x is None:
+            raise InputError(f"a dict input must have key 'x' or 'tokens' (+ optional 'mask'); got keys {sorted(inputs)}")
+    else:
+        x = inputs
+    return x, mask, torch.as_tensor(labels)
+
+
+def move_input(x, mask, device, non_blocking: bool = False):
+    x = x.to(device, non_blocking=non_blocking)
+    if mask is not None:
+        mask = mask.to(device, non_blocking=non_blocking)
+    return x, mask
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    return_details: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "embed",
+    amp: bool = False,
+):
+    """Embed every item of ``dataset`` in order.
+
+    Args:
+        model: an embedding model, ``model(x, mask=None, return_details=False)``.
+        dataset: returns ``(input, label)`` items.
+        batch_size, num_workers: DataLoader settings.
+        device: where to run (default: the model's device). The model is moved there.
+        return_details: also return the pooling details (``weights``, ``marginals``),
+            concatenated over the dataset (entries that are ``None`` are left out).
+        progress: show a tqdm bar.
+        amp: autocast to float16 on CUDA.
+
+    Returns:
+        ``(embeddings (N, D) float32 on CPU, labels (N,) int64)`` and, with ``return_details``,
+        a third element: dict of concatenated CPU tensors.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size}")
+    if len(dataset) == 0:
+        raise InputError("cannot embed an empty dataset")
+    device = _model_device(model) if device is None else torch.device(device)
+    model = model.to(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    from tqdm.auto import tqdm
+
+    embs, labels = [], []
+    details: dict[str, list[torch.Tensor]] = {}
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+            x, mask, y = split_batch(batch)
+            x, mask = move_input(x, mask, device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+                if return_details:
+                    emb, det = model(x, mask=mask, return_details=True)
+                    for key, val in (det or {}).items():
+                        if isinstance(val, torch.Tensor):
+                            details.setdefault(key, []).append(val.detach().float().cpu())
+                else:
+                    emb = model(x, mask=mask)
+            embs.append(emb.detach().float().cpu())
+            labels.append(y.cpu().long())
+    finally:
+        model.train(was_training)
+    emb_all = torch.cat(embs)
+    lab_all = torch.cat(labels)
+    if return_details:
+        return emb_all, lab_all, {k: torch.cat(v) for k, v in details.items()}
+    return emb_all, lab_all
+
+
+def dataset_labels(dataset) -> np.ndarray:
+    """The ``labels`` array of a gspdml dataset (or of a Subset of one), without loading items."""
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return np.asarray(labels)
+    base, idx = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
+    if base is not None and idx is not None:
+        return dataset_labels(base)[np.asarray(idx)]
+    raise InputError(f"dataset {type(dataset).__name__} has no 'labels' attribute (needed for class-balanced batches)")

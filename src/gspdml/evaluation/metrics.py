@@ -1,0 +1,168 @@
+"""Retrieval metrics: MAP@R, R-Precision, P@1 (MLRC) and Recall@K (conventional).
+
+Computed with pytorch-metric-learning's :class:`AccuracyCalculator` and a faiss exact kNN search
+(L2 distance, which ranks like cosine similarity on L2-normalised embeddings). The number of
+neighbours is the largest class size ("max_bin_count", as MLRC prescribes) or the largest K of
+Recall@K, whichever is larger, so MAP@R and R-Precision are exact.
+
+Definitions, for a query q whose class has R other members in the reference set and its
+neighbours sorted by distance:
+
+- ``precision_at_1``: is the first neighbour of the same class;
+- ``r_precision``: fraction of the first R neighbours of the same class;
+- ``map_at_r``: (1/R) sum_{i <= R, neighbour i correct} precision@i (MLRC's MAP@R);
+- ``recall_at_k``: is any of the first k neighbours of the same class.
+
+Each is averaged over queries. With ``reference=None`` the query set is retrieved against itself
+and every query's own entry is excluded. Queries with no other member of their class in the
+reference set are left out of the averages (they have no correct answer).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from gspdml.errors import InputError
+
+__all__ = ["compute_retrieval_metrics", "METRIC_NAMES", "RetrievalCalculator"]
+
+METRIC_NAMES = ("map_at_r", "r_precision", "precision_at_1")
+_PML_NAMES = {
+    "mean_average_precision_at_r": "map_at_r",
+    "r_precision": "r_precision",
+    "precision_at_1": "precision_at_1",
+}
+
+
+def _calculator_class():
+    from pytorch_metric_learning.utils.accuracy_calculator import (
+        AccuracyCalculator,
+        try_getting_not_lone_labels,
+    )
+
+    class _RetrievalCalculator(AccuracyCalculator):
+        """AccuracyCalculator with Recall@K and k = max(max class size, max K)."""
+
+        def __init__(self, recall_ks: Sequence[int] = (1, 2, 4, 8), **kwargs):
+            self.recall_ks = tuple(int(k) for k in recall_ks)
+            super().__init__(**kwargs)
+
+        def requires_knn(self):
+            return super().requires_knn() + ["recall_at_k"]
+
+        def calculate_recall_at_k(self, knn_labels, query_labels, not_lone_query_mask, **kwargs):
+            knn_labels, query_labels = try_getting_not_lone_labels(knn_labels, query_labels, not_lone_query_mask)
+            if knn_labels is None:
+                return {k: float("nan") for k in self.recall_ks}
+            same = knn_labels == query_labels[:, None]
+            out = {}
+            for k in self.recall_ks:
+                out[k] = same[:, :k].any(dim=1).double().mean().item()
+            return out
+
+        def determine_k(self, bin_counts, num_reference_embeddings, ref_includes_query):
+            self_count = int(ref_includes_query)
+            max_bin = int(torch.max(bin_counts).item()) - self_count
+            k = max(max_bin, max(self.recall_ks) if self.recall_ks else 1, 1)
+            return min(k, num_reference_embeddings - self_count)
+
+    return _RetrievalCalculator
+
+
+def RetrievalCalculator(recall_ks: Sequence[int] = (1, 2, 4, 8), device: str | torch.device = "cpu"):
+    """Build the PML calculator used by :func:`compute_retrieval_metrics` (faiss exact kNN)."""
+    from pytorch_metric_learning.utils.inference import FaissKNN
+
+    cls = _calculator_class()
+    include = tuple(_PML_NAMES) + ("recall_at_k",)
+    return cls(
+        recall_ks=recall_ks,
+        include=include,
+        k="max_bin_count",
+        device=torch.device(device),
+        knn_func=FaissKNN(),
+    )
+
+
+def _as_embeddings(x, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise InputError(f"{name} must have shape (N, D), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
+    x = x.detach().to("cpu", torch.float32)
+    if not torch.isfinite(x).all():
+        raise InputError(f"{name} contains NaN or infinite values")
+    return x.contiguous()
+
+
+def _as_labels(y, n: int, name: str) -> torch.Tensor:
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(y)
+    if not isinstance(y, torch.Tensor):
+        y = torch.as_tensor(np.asarray(y))
+    if y.ndim != 1:
+        raise InputError(f"{name} must be a 1-D vector of class ids, got shape {tuple(y.shape)}")
+    if len(y) != n:
+        raise InputError(f"{name} has {len(y)} entries but there are {n} embeddings")
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise InputError(f"{name} must hold integer class ids, got dtype {y.dtype}")
+    return y.detach().to("cpu", torch.int64)
+
+
+def compute_retrieval_metrics(
+    query,
+    query_labels,
+    reference=None,
+    reference_labels=None,
+    recall_ks: Iterable[int] = (1, 2, 4, 8),
+) -> dict[str, float]:
+    """Retrieval metrics of ``query`` against ``reference`` (or against itself, self excluded).
+
+    Args:
+        query: (N, D) embeddings (tensor or array; L2-normalised embeddings rank like cosine).
+        query_labels: (N,) integer class ids.
+        reference, reference_labels: the gallery (e.g. In-shop); ``None`` retrieves the query set
+            against itself with each query's own entry excluded (MLRC, CUB/Cars/SOP).
+        recall_ks: the K of the ``recall_at_<k>`` entries.
+
+    Returns:
+        ``{"map_at_r", "r_precision", "precision_at_1", "recall_at_<k>"...}`` as floats in [0, 1].
+    """
+    ks = tuple(int(k) for k in recall_ks)
+    if any(k < 1 for k in ks):
+        raise InputError(f"recall_ks must be positive ints, got {ks}")
+    q = _as_embeddings(query, "query")
+    ql = _as_labels(query_labels, len(q), "query_labels")
+    if (reference is None) != (reference_labels is None):
+        raise InputError("give both reference and reference_labels, or neither (self-retrieval)")
+    if reference is None:
+        if len(q) < 2:
+            raise InputError("self-retrieval needs at least 2 query embeddings")
+        ref, rl = None, None
+    else:
+        ref = _as_embeddings(reference, "reference")
+        rl = _as_labels(reference_labels, len(ref), "reference_labels")
+        if ref.shape[1] != q.shape[1]:
+            raise InputError(
+                f"query and reference embeddings differ in dimension: {q.shape[1]} vs {ref.shape[1]}"
+            )
+    calc = RetrievalCalculator(recall_ks=ks)
+    import logging
+
+    pml_logger = logging.getLogger("PML")
+    level = pml_logger.level
+    pml_logger.setLevel(logging.ERROR)  # PML warns when no query has a match; we return NaN
+    try:
+        raw = calc.get_accuracy(q, ql, ref, rl, ref_includes_query=False)
+    finally:
+        pml_logger.setLevel(level)
+    out = {ours: float(raw[pml]) for pml, ours in _PML_NAMES.items()}
+    for k, v in raw["recall_at_k"].items():
+        out[f"recall_at_{k}"] = float(v)
+    return out
