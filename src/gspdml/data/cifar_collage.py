@@ -1,0 +1,138 @@
+"""Cifar Collage: CIFAR-100 images on a grid with shared background super-classes (GSP paper Sec. 5.1).
+
+Construction (as in the authors' released generator): of the 20 CIFAR-100 super-classes, 4 are
+shared *background* (``large_man-made_outdoor_things``, ``large_natural_outdoor_scenes``,
+``trees``, ``flowers``); the other 16 are *targets* and define the labels (0..15). A sample is a
+``grid x grid`` mosaic of 32x32 CIFAR images: one target image in a random cell and background
+images (drawn uniformly from the background pool, with replacement) in every other cell. With the
+released ``grid=2`` a sample is 64x64 and the target covers a quarter of it.
+
+Sub-classes (the 5 fine classes of each super-class, in CIFAR's sorted fine-label order) are split
+so that test sub-classes are unseen in training, for targets and backgrounds alike:
+
+* ``variant="released"`` (default): ``grid=2``; ``train`` uses sub-classes ``[:3]``, ``test`` ``[3:]``.
+* ``variant="paper"``: the paper's text, ``grid=4`` (128x128); ``train`` ``[:2]``, ``val`` ``[2:3]``,
+  ``test`` ``[3:]``.
+
+``grid`` overrides the grid of either variant. Images come from the CIFAR-100 ``train`` file for
+the ``train`` split and from the ``test`` file otherwise (``source`` overrides). By default each
+target image of the split's pool is used once (``num_samples`` = pool size, in a seeded random
+order; larger values cycle through the pool). Everything is determined by ``seed``; the cell layout
+of every sample is precomputed (``target_cells``, ``background_indices``), the mosaic is composed
+lazily in ``__getitem__`` and returned as a PIL image (then ``transform``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from gspdml.data.base import LabeledDataset, check_split
+from gspdml.data.cifar import CifarArrays, load_cifar100
+from gspdml.errors import ConfigError, DataError, unknown_choice
+
+BACKGROUND_SUPERCLASSES = ("large_man-made_outdoor_things", "large_natural_outdoor_scenes", "trees", "flowers")
+VARIANTS = {
+    "released": {"grid": 2, "subclasses": {"train": slice(0, 3), "test": slice(3, None)}},
+    "paper": {"grid": 4, "subclasses": {"train": slice(0, 2), "val": slice(2, 3), "test": slice(3, None)}},
+}
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+CELL = 32
+
+
+def subclass_pools(arr: CifarArrays, subclasses: slice) -> tuple[np.ndarray, np.ndarray, list[str], dict[int, list[int]]]:
+    """Indices of target and background images of the chosen sub-classes.
+
+    Returns ``(target_indices, background_indices, target_superclass_names, {super: [fine ids]})``.
+    """
+    names = arr.coarse_names
+    missing = [b for b in BACKGROUND_SUPERCLASSES if b not in names]
+    if missing:
+        raise DataError(f"CIFAR-100 meta lacks the background super-classes {missing}; coarse names are {names}")
+    fine_of: dict[int, list[int]] = {}
+    for coarse in range(len(names)):
+        fine_of[coarse] = sorted(np.unique(arr.labels[arr.coarse_labels == coarse]).tolist())
+    chosen = np.zeros(len(arr.label_names), dtype=bool)
+    for coarse, fines in fine_of.items():
+        chosen[fines[subclasses]] = True
+    background = np.isin(arr.coarse_labels, [names.index(b) for b in BACKGROUND_SUPERCLASSES])
+    use = chosen[arr.labels]
+    targets = np.flatnonzero(use & ~background)
+    backgrounds = np.flatnonzero(use & background)
+    target_names = [n for n in names if n not in BACKGROUND_SUPERCLASSES]
+    return targets, backgrounds, target_names, fine_of
+
+
+class CifarCollage(LabeledDataset):
+    """Cifar Collage samples; see the module docstring.
+
+    Attributes: ``labels`` (target super-class, 0..15), ``fine_labels`` (CIFAR fine class of the
+    target image), ``target_cells`` (cell index ``row * grid + col`` of the target),
+    ``target_indices`` / ``background_indices`` (indices into ``images``), ``grid``, ``image_size``.
+    """
+
+    def __init__(self, arr: CifarArrays, split: str, transform: Callable | None = None, *, variant: str = "released",
+                 grid: int | None = None, seed: int = 0, num_samples: int | None = None) -> None:
+        spec = VARIANTS[variant]
+        self.grid = int(grid if grid is not None else spec["grid"])
+        if self.grid < 2:
+            raise ConfigError(f"cifar_collage grid must be >= 2, got {self.grid}")
+        targets, backgrounds, target_names, _ = subclass_pools(arr, spec["subclasses"][split])
+        if len(targets) == 0 or len(backgrounds) == 0:
+            raise DataError(f"cifar_collage {split}: no {'target' if len(targets) == 0 else 'background'} images in the chosen sub-classes")
+        n = len(targets) if num_samples is None else int(num_samples)
+        if n <= 0:
+            raise ConfigError(f"cifar_collage num_samples must be positive, got {num_samples}")
+        rng = np.random.default_rng([int(seed), _SPLIT_STREAM[split]])
+        order = rng.permutation(len(targets))
+        self.target_indices = targets[order[np.arange(n) % len(targets)]]
+        cells = self.grid * self.grid
+        self.target_cells = rng.integers(0, cells, size=n)
+        self.background_indices = backgrounds[rng.integers(0, len(backgrounds), size=(n, cells - 1))]
+        self.images = arr.images
+        coarse_names = arr.coarse_names
+        raw = [coarse_names[c] for c in arr.coarse_labels[self.target_indices]]
+        index = {name: i for i, name in enumerate(target_names)}
+        present = sorted(set(raw), key=index.__getitem__)
+        self.classes = present
+        self.class_names = list(present)
+        pos = {name: i for i, name in enumerate(present)}
+        self.labels = np.asarray([pos[r] for r in raw], dtype=np.int64)
+        self.fine_labels = arr.labels[self.target_indices]
+        self.transform, self.name, self.split, self.variant, self.seed = transform, "cifar_collage", split, variant, seed
+        self.image_size = CELL * self.grid
+
+    def cell_sources(self, index: int) -> np.ndarray:
+        """Image index (into ``images``) shown in each cell of sample ``index``, row-major."""
+        cells = self.grid * self.grid
+        out = np.empty(cells, dtype=np.int64)
+        t = int(self.target_cells[index])
+        out[t] = self.target_indices[index]
+        out[np.arange(cells) != t] = self.background_indices[index]
+        return out
+
+    def compose(self, index: int) -> np.ndarray:
+        """The mosaic of sample ``index`` as a (H, W, 3) uint8 array."""
+        tiles = self.images[self.cell_sources(index)]
+        g = self.grid
+        return tiles.reshape(g, g, CELL, CELL, 3).transpose(0, 2, 1, 3, 4).reshape(g * CELL, g * CELL, 3)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.compose(index))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def build(root: str, split: str, transform: Callable | None = None, *, variant: str = "released", grid: int | None = None,
+          seed: int = 0, num_samples: int | None = None, source: str | None = None) -> CifarCollage:
+    """Cifar Collage ``train``/``test`` (``val`` too for ``variant="paper"``) from ``root``'s cifar-100-python/."""
+    if variant not in VARIANTS:
+        raise unknown_choice("cifar_collage variant", variant, VARIANTS)
+    check_split("cifar_collage", split, tuple(VARIANTS[variant]["subclasses"]))
+    if source is None:
+        source = "train" if split == "train" else "test"
+    check_split("cifar_collage source", source, ("train", "test"))
+    arr = load_cifar100(root, source)
+    return CifarCollage(arr, split, transform, variant=variant, grid=grid, seed=seed, num_samples=num_samples)

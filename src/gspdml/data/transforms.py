@@ -1,0 +1,86 @@
+"""Image transforms (torchvision.transforms.v2) for the MLRC protocol and small images.
+
+``build_transform(kind, train, normalization)``:
+
+* ``kind="mlrc"`` — train: ``RandomResizedCrop(227, scale=(0.16, 1), ratio=(0.75, 1.33))`` +
+  horizontal flip; eval: ``Resize(256)`` + ``CenterCrop(227)`` (``image_size``/``resize_size``
+  change 227/256; ``resize_size`` defaults to ``round(image_size * 256 / 227)``).
+* ``kind="small"`` — for 32-128 px collages and digit images: train: random translation by up to
+  1/16 of the size (optionally + flip, off by default since digits are not mirror-symmetric);
+  eval: no change (``image_size`` resizes in both).
+* ``kind="none"`` — only tensor conversion and normalisation.
+
+``normalization``: ``"bninception"`` (BGR channel order, values x255, minus mean
+[104, 117, 128] in B, G, R order, std 1 — Caffe BN-Inception), ``"imagenet"`` (RGB in [0, 1],
+ImageNet mean/std) or ``"none"`` (RGB float in [0, 1]).
+Every pipeline returns a float32 (3, H, W) tensor.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from gspdml.errors import unknown_choice
+
+KINDS = ("mlrc", "small", "none")
+NORMALIZATIONS = {
+    "bninception": {"mean": (104.0, 117.0, 128.0), "std": (1.0, 1.0, 1.0), "bgr": True, "scale": 255.0},
+    "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "bgr": False, "scale": 1.0},
+    "none": {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "bgr": False, "scale": 1.0},
+}
+
+
+class ToBGR255(nn.Module):
+    """Reverse the channel order of a (..., 3, H, W) float image in [0, 1] and scale it to [0, 255]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-3) * 255.0
+
+
+def normalization_transforms(normalization: str) -> list[nn.Module]:
+    """Transforms turning a [0, 1] RGB float tensor into the backbone's expected input."""
+    if normalization not in NORMALIZATIONS:
+        raise unknown_choice("normalization", normalization, NORMALIZATIONS)
+    spec = NORMALIZATIONS[normalization]
+    out: list[nn.Module] = []
+    if spec["bgr"]:
+        out.append(ToBGR255())
+    if normalization != "none":
+        out.append(v2.Normalize(mean=list(spec["mean"]), std=list(spec["std"])))
+    return out
+
+
+def build_transform(kind: str = "mlrc", train: bool = True, normalization: str = "imagenet", *,
+                    image_size: int | None = None, resize_size: int | None = None, flip: bool | None = None) -> v2.Compose:
+    """Build the image pipeline; see the module docstring for kinds and normalisations.
+
+    Args:
+        kind: ``mlrc``, ``small`` or ``none``.
+        train: training augmentation (True) or deterministic evaluation pipeline (False).
+        normalization: ``bninception``, ``imagenet`` or ``none``.
+        image_size: output size (mlrc: crop size, default 227; small: resize to this size, default keep).
+        resize_size: mlrc eval resize before the center crop (default ``round(image_size*256/227)``).
+        flip: random horizontal flip in training (default True for mlrc, False for small).
+    """
+    if kind not in KINDS:
+        raise unknown_choice("transform kind", kind, KINDS)
+    head: list[nn.Module] = [v2.ToImage()]
+    if kind == "mlrc":
+        size = int(image_size or 227)
+        if train:
+            head += [v2.RandomResizedCrop(size, scale=(0.16, 1.0), ratio=(0.75, 1.33), antialias=True)]
+            if flip is None or flip:
+                head.append(v2.RandomHorizontalFlip())
+        else:
+            resize = int(resize_size or round(size * 256 / 227))
+            head += [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
+    elif kind == "small":
+        if image_size:
+            head.append(v2.Resize((int(image_size), int(image_size)), antialias=True))
+        if train:
+            head.append(v2.RandomAffine(degrees=0.0, translate=(1 / 16, 1 / 16)))
+            if flip:
+                head.append(v2.RandomHorizontalFlip())
+    head.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(head + normalization_transforms(normalization))
