@@ -72,7 +72,12 @@ class DataConfig:
     num_workers: int = 4
     train_split: str = "train"
     test_split: str = "test"
-    """Split evaluated at the end of training; ``inshop`` evaluates ``query`` against ``gallery``."""
+    """Split evaluated at the end of training (retrieved against itself, self-match excluded)."""
+    gallery_split: Optional[str] = None
+    """When set (In-shop: ``gallery`` with ``test_split: query``), ``test_split`` is the query set
+    and this split the gallery."""
+    val_split: Optional[str] = None
+    """Validation split when ``fold`` is null (optional); with a fold, the held-out classes are used."""
     options: dict = field(default_factory=dict)
     """Extra keyword options passed to the dataset builder."""
 
@@ -180,7 +185,8 @@ class TrainConfig:
     """A full training run. Maps one-to-one onto a YAML file."""
 
     name: str = "run"
-    output_dir: str = "runs"
+    output_dir: Optional[str] = "runs"
+    """Runs are written to ``output_dir/name`` (``name_2``... if taken); ``null`` writes no files."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -90,6 +90,7 @@ def embed_dataset(
         shuffle=False,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # never draws from the global RNG (keeps resumed runs exact)
     )
     from tqdm.auto import tqdm
 

@@ -1,0 +1,117 @@
+"""Multi-process training with ``torchrun`` + DistributedDataParallel.
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+:func:`init_from_env` reads them and starts the process group (``nccl`` on CUDA, ``gloo`` on CPU).
+Without these variables everything runs as a single process (world size 1) and nothing here
+costs anything. Each rank draws its own class-balanced batches (the sampler is given
+``rank``/``world_size``), only rank 0 logs and writes files, and evaluation embeds a strided shard
+of the dataset on every rank and all-gathers the embeddings in dataset order.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Subset
+
+from gspdml.errors import ConfigError
+
+__all__ = ["DistContext", "init_from_env", "cleanup", "all_gather_ordered", "embed_dataset_distributed"]
+
+
+@dataclass
+class DistContext:
+    """Where this process stands: ``rank``, ``world_size``, ``local_rank``, its ``device``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA (this rank's GPU) when available, else CPU."""
+    name = name.lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return torch.device("cpu")
+
+
+def init_from_env(device: str = "auto") -> DistContext:
+    """Start the process group from torchrun's environment (no-op for a single process)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size <= 1:
+        return DistContext(device=dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    initialized_here = False
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        initialized_here = True
+    return DistContext(rank, world_size, local_rank, dev, initialized_here)
+
+
+def cleanup(ctx: DistContext) -> None:
+    """Destroy the process group if :func:`init_from_env` created it."""
+    if ctx.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_gather_ordered(t: torch.Tensor, ctx: DistContext, total: int) -> torch.Tensor:
+    """Gather per-rank shards made with ``range(rank, total, world_size)`` back into dataset order."""
+    if not ctx.enabled:
+        return t
+    per_rank = (total + ctx.world_size - 1) // ctx.world_size
+    pad = torch.zeros((per_rank - t.shape[0],) + tuple(t.shape[1:]), dtype=t.dtype)
+    local = torch.cat([t.cpu(), pad]).to(ctx.device if dist.get_backend() == "nccl" else "cpu")
+    gathered = [torch.empty_like(local) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, local)
+    out = torch.empty((total,) + tuple(t.shape[1:]), dtype=t.dtype)
+    for r, g in enumerate(gathered):
+        n = len(range(r, total, ctx.world_size))
+        out[r::ctx.world_size] = g[:n].cpu()
+    return out
+
+
+def embed_dataset_distributed(model, dataset, ctx: DistContext, **kwargs):
+    """:func:`gspdml.evaluation.embed.embed_dataset` sharded over ranks, gathered on every rank."""
+    from gspdml.evaluation.embed import embed_dataset
+
+    if not ctx.enabled:
+        return embed_dataset(model, dataset, **kwargs)
+    total = len(dataset)
+    shard = Subset(dataset, list(range(ctx.rank, total, ctx.world_size)))
+    kwargs["progress"] = kwargs.get("progress", True) and ctx.is_main
+    emb, labels = embed_dataset(model, shard, **kwargs)
+    return all_gather_ordered(emb, ctx, total), all_gather_ordered(labels, ctx, total)

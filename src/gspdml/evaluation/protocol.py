@@ -1,0 +1,190 @@
+"""The MLRC evaluation protocol driver ("A Metric Learning Reality Check", as the GSP paper uses it).
+
+For each repeat r and each fold k = 0..3, one model is trained on three quarters of the training
+classes with early stopping on the held-out quarter (``data.fold = k``); each model then embeds the
+test set (classes never seen in training). Two numbers are reported per repeat:
+
+- **128D**: each fold model's metrics on its own (128-D) embeddings, averaged over the 4 folds;
+- **512D**: the metrics of the concatenation of the 4 models' L2-normalised embeddings (512-D,
+  re-normalised, which does not change the ranking).
+
+Over the repeats the table reports mean ± std (sample std, ddof=1; 0 for a single repeat),
+as the paper does (3 repeats).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gspdml.errors import ConfigError
+
+__all__ = ["ProtocolResult", "run_protocol", "concat_embeddings", "summarize", "format_table"]
+
+MLRC_METRICS = ("precision_at_1", "r_precision", "map_at_r")
+
+
+@dataclass
+class ProtocolResult:
+    """Per-repeat metrics and their mean/std for 128D (fold average) and 512D (concatenation)."""
+
+    per_fold: list[list[dict]]
+    """``per_fold[r][k]``: test metrics of repeat r, fold k (128-D embeddings)."""
+    dim128: list[dict]
+    """Per repeat: the fold-averaged metrics."""
+    dim512: list[dict]
+    """Per repeat: the metrics of the concatenated embeddings."""
+    summary: dict
+    """``{"128D": {metric: {"mean", "std"}}, "512D": {...}}``."""
+    out_dir: Path | None = None
+    run_dirs: list[list[Path | None]] = field(default_factory=list)
+
+
+def concat_embeddings(embeddings: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate L2-normalised per-model embeddings and re-normalise (the MLRC "512D" embedding)."""
+    return F.normalize(torch.cat([F.normalize(e.float(), dim=1) for e in embeddings], dim=1), dim=1)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """``{metric: {"mean", "std"}}`` over a list of metric dicts (std with ddof=1; 0 for one row)."""
+    out = {}
+    for key in rows[0]:
+        vals = np.array([r[key] for r in rows], dtype=np.float64)
+        out[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+    return out
+
+
+def format_table(summary: dict, metrics=MLRC_METRICS) -> str:
+    """A Markdown table like the paper's: rows 128D/512D, columns P@1, RP, MAP@R (percent, mean ± std)."""
+    names = {"precision_at_1": "P@1", "r_precision": "RP", "map_at_r": "MAP@R"}
+    head = "| dim | " + " | ".join(names.get(m, m) for m in metrics) + " |"
+    lines = [head, "|" + "---|" * (len(metrics) + 1)]
+    for dim in ("128D", "512D"):
+        cells = []
+        for m in metrics:
+            s = summary[dim][m]
+            cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}")
+        lines.append(f"| {dim} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_protocol(
+    cfg,
+    repeats: int = 1,
+    progress: bool = True,
+    out_dir: str | os.PathLike | None = None,
+    datasets: Mapping | None = None,
+    folds: list[int] | None = None,
+) -> ProtocolResult:
+    """Run the MLRC protocol for ``cfg`` (4 folds x ``repeats``) and write the protocol table.
+
+    Args:
+        cfg: a TrainConfig; ``data.fold`` and ``train.seed`` are set per run (seed + repeat).
+        repeats: independent repeats per fold (the paper: 3).
+        out_dir: where the fold runs and ``protocol.json``/``protocol.md`` go (default
+            ``output_dir/name``; nothing is written when both are null).
+        datasets: optional ready datasets ``{"train", "test", "gallery"}`` (tests, demos); the
+            ``train`` dataset is split into folds here.
+        folds: a subset of folds to run (default all ``data.num_folds``); 512D concatenates those.
+    """
+    from gspdml.config import TrainConfig
+    from gspdml.engine.runs import new_run_dir, write_json_atomic
+    from gspdml.engine.distributed import DistContext, embed_dataset_distributed
+    from gspdml.engine.trainer import build_datasets, make_split, train
+    from gspdml.evaluation.metrics import compute_retrieval_metrics
+
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"run_protocol needs a TrainConfig, got {type(cfg).__name__}")
+    if repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    num_folds = cfg.data.num_folds
+    fold_ids = list(range(num_folds)) if folds is None else list(folds)
+    bad = [k for k in fold_ids if not 0 <= k < num_folds]
+    if bad or not fold_ids:
+        raise ConfigError(f"folds must be a non-empty subset of 0..{num_folds - 1}, got {folds}")
+    base = Path(out_dir) if out_dir is not None else (
+        new_run_dir(cfg.output_dir, cfg.name) if cfg.output_dir is not None else None)
+
+    # datasets: the full train split (folds made from it) and the test split, built once
+    need = {"train", "test"}
+    ready = dict(datasets or {})
+    if not need <= set(ready):
+        probe = copy.deepcopy(cfg)
+        probe.data.fold = None
+        probe.eval.test_at_end = True
+        built = build_datasets(probe)
+        built["train_eval"] = make_split(probe, probe.data.train_split, False)
+        ready = {**built, **ready}
+    from gspdml.data import mlrc_folds, subset_by_classes
+    from gspdml.evaluation.embed import dataset_labels
+
+    full_train = ready["train"]
+    test_ds, gallery_ds = ready["test"], ready.get("gallery")
+    classes = np.unique(dataset_labels(full_train)).tolist()
+    fold_splits = mlrc_folds(classes, num_folds)
+    # validation subsets use the eval transform when the caller gave one
+    full_train_eval = ready.get("train_eval", full_train)
+
+    per_fold, dim128, dim512, run_dirs = [], [], [], []
+    ctx = DistContext()
+    for r in range(repeats):
+        fold_rows, q_embs, g_embs, dirs = [], [], [], []
+        for k in fold_ids:
+            c = copy.deepcopy(cfg)
+            c.data.fold = k
+            c.train.seed = cfg.train.seed + r
+            c.eval.test_at_end = False
+            c.name = f"repeat{r}_fold{k}"
+            train_classes, val_classes = fold_splits[k]
+            ds = {
+                "train": subset_by_classes(full_train, train_classes),
+                "val": subset_by_classes(full_train_eval, val_classes),
+            }
+            run_dir = None if base is None else base / c.name
+            res = train(c, progress=progress, run_dir=run_dir, datasets=ds)
+            dev = next(res.model.parameters()).device
+            kw = dict(batch_size=cfg.eval.batch_size, device=dev, progress=progress, num_workers=cfg.data.num_workers)
+            q, ql = embed_dataset_distributed(res.model, test_ds, ctx, desc=f"test r{r} f{k}", **kw)
+            if gallery_ds is not None:
+                g, gl = embed_dataset_distributed(res.model, gallery_ds, ctx, desc=f"gallery r{r} f{k}", **kw)
+                m = compute_retrieval_metrics(q, ql, g, gl, recall_ks=cfg.eval.recall_ks)
+                g_embs.append(g)
+            else:
+                m = compute_retrieval_metrics(q, ql, recall_ks=cfg.eval.recall_ks)
+            q_embs.append(q)
+            fold_rows.append(m)
+            dirs.append(res.run_dir)
+        avg = {key: float(np.mean([row[key] for row in fold_rows])) for key in fold_rows[0]}
+        if gallery_ds is not None:
+            cat = compute_retrieval_metrics(concat_embeddings(q_embs), ql, concat_embeddings(g_embs), gl,
+                                            recall_ks=cfg.eval.recall_ks)
+        else:
+            cat = compute_retrieval_metrics(concat_embeddings(q_embs), ql, recall_ks=cfg.eval.recall_ks)
+        per_fold.append(fold_rows)
+        dim128.append(avg)
+        dim512.append(cat)
+        run_dirs.append(dirs)
+    summary = {"128D": summarize(dim128), "512D": summarize(dim512)}
+    result = ProtocolResult(per_fold, dim128, dim512, summary, base, run_dirs)
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+        from gspdml.config import save_config
+
+        save_config(cfg, base / "config.yaml")
+        write_json_atomic(
+            {"repeats": repeats, "folds": fold_ids, "per_fold": per_fold, "128D": dim128, "512D": dim512,
+             "summary": summary},
+            base / "protocol.json",
+        )
+        (base / "protocol.md").write_text(
+            f"# MLRC protocol: {cfg.name}\n\n{len(fold_ids)} folds x {repeats} repeat(s); mean ± std in percent.\n\n"
+            + format_table(summary) + "\n"
+        )
+    return result
