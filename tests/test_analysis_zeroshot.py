@@ -185,3 +185,66 @@ def test_model_evaluation_runs_and_returns_outputs():
     assert limited["marginals"].shape == (7, 4)
     with pytest.raises(InputError, match="no 'marginals'"):
         evaluate_model_zero_shot(_ToyPoolingModel(with_marginals=False), dataset, repeats=5, progress=False)
+
+
+# ------------------------------------------------------------------------------- CLI on a checkpoint
+def _token_checkpoint(tmp_path, zero_shot: bool = True):
+    """A small GSP token model saved as a run folder's best checkpoint (untrained weights)."""
+    pytest.importorskip("gspdml.pooling.gsp")
+    from gspdml.config import TrainConfig, to_dict
+    from gspdml.engine.checkpoint import save_checkpoint
+    from gspdml.models import build_model
+
+    cfg = TrainConfig()
+    cfg.data.dataset, cfg.data.root, cfg.data.transform = "tokens", "", "none"
+    cfg.data.options = {"samples_per_class": 5, "seed": 0}
+    cfg.model.backbone = "token_embedding"
+    cfg.model.backbone_kwargs = {"num_tokens": 68, "dim": 16}
+    cfg.model.local_dim = 16
+    cfg.model.pooling = "gsp"
+    cfg.model.pooling_kwargs = {"num_prototypes": 4, "mu": 0.3, "eps": 5.0}
+    cfg.model.freeze_bn = False
+    cfg.loss.zero_shot.enabled = zero_shot
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    run = tmp_path / "run"
+    save_checkpoint(
+        {"config": to_dict(cfg), "model": model.state_dict(), "num_classes": 16, "step": 0, "epoch": 0, "metrics": {}},
+        run / "checkpoints" / "best.pt",
+    )
+    return run
+
+
+def test_cli_analyze_zeroshot_writes_json_and_plot(tmp_path, capsys):
+    import json
+
+    from gspdml.cli import main
+
+    run = _token_checkpoint(tmp_path)
+    assert main(["analyze", "zeroshot", "--checkpoint", str(run), "--repeats", "25", "--quiet", "--device", "cpu"]) == 0
+    report = json.loads((run / "analysis" / "zeroshot_test.json").read_text())
+    assert report["dataset"] == "tokens" and report["split"] == "test" and report["num_classes"] == 16
+    assert report["num_samples"] == 80 and report["repeats"] == 25 and len(report["map_l2_per_repeat"]) == 25
+    for key in ("map_l2_mean", "map_cosine_mean"):
+        assert 0.0 < report[key] <= 1.0
+    assert np.allclose(np.asarray(report["z_per_class"]).sum(1), 1.0, atol=1e-5)
+    assert (run / "analysis" / "prototypes_test.png").is_file()
+    printed = capsys.readouterr().out
+    assert "L2 distance" in printed and "cosine similarity" in printed
+    # another split, explicit output folder, no plot
+    out = tmp_path / "elsewhere"
+    assert main(["analyze", "zeroshot", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--split", "train",
+                 "--repeats", "5", "--out", str(out), "--no-plot", "--quiet", "--device", "cpu"]) == 0
+    assert (out / "zeroshot_train.json").is_file() and not (out / "prototypes_train.png").exists()
+
+
+def test_cli_analyze_zeroshot_errors(tmp_path, capsys):
+    from gspdml.cli import main
+
+    assert main(["analyze", "zeroshot", "--checkpoint", str(tmp_path / "missing"), "--device", "cpu"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    run = _token_checkpoint(tmp_path)
+    assert main(["analyze", "zeroshot", "--checkpoint", str(run), "--repeats", "0", "--device", "cpu"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+    assert main(["analyze", "zeroshot", "--checkpoint", str(run), "--dataset", "nope", "--device", "cpu"]) == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
