@@ -39,63 +39,41 @@ ARMS = {
     "gap+zs": {"pooling_kwargs": {"mu": 1.0}, "zero_shot": True},
 }
 
+# base config (shipped in configs/) and the splits on which the zero-shot MAP is measured
 DATASETS = {
-    "digits_collage": {
-        "backbone": "smallcnn",
-        "backbone_kwargs": {},
-        "options": {},
-        "classes_per_batch": 8,
-        "samples_per_class": 4,
-        "eval_splits": ("train", "test"),
-    },
-    "tokens": {
-        "backbone": "token_embedding",
-        "backbone_kwargs": {"num_tokens": 68, "dim": 64},
-        "options": {},
-        "classes_per_batch": 8,
-        "samples_per_class": 4,
-        "eval_splits": ("test",),
-    },
+    "digits_collage": {"config": "digits_collage_gsp.yaml", "eval_splits": ("train", "test")},
+    "tokens": {"config": "tokens_gsp.yaml", "eval_splits": ("test",)},
 }
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_config(args, arm: str, seed: int):
-    from gspdml.config import TrainConfig
+    """The shipped GSP config of the dataset with the study's settings for one arm and seed."""
+    from gspdml.config import load_config
 
     spec, arm_spec = DATASETS[args.dataset], ARMS[arm]
-    pooling_kwargs = {"num_prototypes": args.prototypes, "mu": args.mu, "eps": args.eps}
+    cfg = load_config(REPO / "configs" / spec["config"])
+    pooling_kwargs = dict(cfg.model.pooling_kwargs)
+    pooling_kwargs["num_prototypes"] = args.prototypes
+    if args.eps is not None:
+        pooling_kwargs["eps"] = args.eps
     pooling_kwargs.update(arm_spec["pooling_kwargs"])
-    cfg = TrainConfig()
     cfg.name = f"zeroshot_{args.dataset}_{arm}_s{seed}"
     cfg.output_dir = None
-    cfg.data.dataset = args.dataset
-    cfg.data.root = ""
-    cfg.data.transform = "none"
-    cfg.data.normalization = "none"
-    cfg.data.options = dict(spec["options"], seed=args.data_seed)
-    cfg.data.classes_per_batch = spec["classes_per_batch"]
-    cfg.data.samples_per_class = spec["samples_per_class"]
-    cfg.data.num_workers = 0
-    cfg.model.backbone = spec["backbone"]
-    cfg.model.backbone_kwargs = dict(spec["backbone_kwargs"])
-    cfg.model.pretrained = None
-    cfg.model.local_dim = args.dim
+    cfg.data.options = dict(cfg.data.options, seed=args.data_seed)
     cfg.model.pooling = "gsp"
     cfg.model.pooling_kwargs = pooling_kwargs
-    cfg.model.freeze_bn = False
     cfg.loss.name = args.loss
     cfg.loss.zero_shot.enabled = arm_spec["zero_shot"]
     cfg.loss.zero_shot.weight = args.zs_weight
-    cfg.optim.lr = args.lr
-    cfg.optim.weight_decay = 1e-4
-    cfg.train.max_epochs = 10_000
+    if args.lr is not None:
+        cfg.optim.lr = args.lr
     cfg.train.max_steps = args.steps
     cfg.train.eval_every_steps = 0
     cfg.train.save_checkpoints = False
     cfg.train.plot = False
     cfg.train.seed = seed
     cfg.train.device = "cpu"
-    cfg.train.log_every = max(args.steps // 4, 1)
     cfg.eval.test_at_end = True
     return cfg
 
@@ -112,11 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300, help="optimiser steps per run")
     parser.add_argument("--loss", default="PNCA", help="DML loss (paper Fig. 5: ProxyNCA++)")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--dim", type=int, default=64, help="local/embedding dimension")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the shipped config's)")
     parser.add_argument("--prototypes", type=int, default=8, help="GSP prototypes (paper Fig. 5: 8)")
-    parser.add_argument("--mu", type=float, default=0.3)
-    parser.add_argument("--eps", type=float, default=0.5, help="GSP eps (paper: 0.5 for proxy losses)")
+    parser.add_argument("--eps", type=float, default=None, help="GSP eps (default: the shipped config's)")
     parser.add_argument("--zs-weight", type=float, default=0.1, help="lambda of L_ZS")
     parser.add_argument("--repeats", type=int, default=1000, help="random class splits per evaluation")
     parser.add_argument("--data-seed", type=int, default=0)
@@ -125,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from gspdml.analysis.commands import eval_transform
     from gspdml.analysis.zeroshot import evaluate_model_zero_shot
     from gspdml.data import build_dataset
     from gspdml.engine import train
 
     spec = DATASETS[args.dataset]
+    base = make_config(args, args.arms[0], args.seeds[0])
     eval_sets = {
-        split: build_dataset(args.dataset, "", split, **dict(spec["options"], seed=args.data_seed))
+        split: build_dataset(args.dataset, base.data.root, split, transform=eval_transform(base), **base.data.options)
         for split in spec["eval_splits"]
     }
     runs = []
@@ -164,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "study": "zero-shot attribute MAP of GSP without vs with L_ZS (issue 6 item 5)",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "backbone": spec["backbone"],
+        "base_config": f"configs/{spec['config']}",
+        "backbone": base.model.backbone,
         "chance_map": chance,
         "summary": table,
         "runs": runs,
