@@ -291,3 +291,37 @@ def test_transform_is_applied(tmp_path):
     assert ds[0] == ("x", 0) and calls == [(12, 12)]
     write_image(info["paths"][2], 0, size=20)
     assert ds[1][1] == 0 and calls[-1] == (20, 20)
+
+
+def test_registry_import_failure_is_a_config_error(tmp_path, monkeypatch):
+    from gspdml.data import registry
+
+    monkeypatch.setitem(registry.DATASETS, "broken", "gspdml.data.no_such_module")
+    with pytest.raises(ConfigError, match="no_such_module"):
+        build_dataset("broken", tmp_path, "train")
+    monkeypatch.setitem(registry.DATASETS, "nobuilder", "gspdml.data.splits:no_such_builder")
+    with pytest.raises(ConfigError, match="no_such_builder"):
+        build_dataset("nobuilder", tmp_path, "train")
+
+
+@pytest.mark.parametrize("name", ["tokens", "digits_collage"])
+def test_demo_datasets_are_reachable(name, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec(DATASETS[name]) is None:
+        pytest.skip(f"{DATASETS[name]} is not written yet")
+    ds = build_dataset(name, str(tmp_path), "train")
+    assert len(ds) == len(ds.labels) > 0
+    assert set(np.asarray(ds.labels).tolist()) == set(range(ds.num_classes))
+
+
+def test_skip_corrupt_keeps_shared_query_gallery_mapping(tmp_path):
+    info = make_inshop(tmp_path, train_items=1, test_items=3)
+    rows = info["rows"]
+    q = [i for i, (_, _, s) in enumerate(rows) if s == "query"][0]  # the first test item's only query
+    write_corrupt(os.path.join(info["root"], rows[q][0]))
+    with pytest.warns(SkippedImagesWarning, match=r"without images in this split: \['id_00000008'\]"):
+        query = build_dataset("inshop", info["root"], "query", skip_corrupt=True, progress=False)
+    gallery = build_dataset("inshop", info["root"], "gallery")
+    assert query.classes == gallery.classes and query.num_classes == 3
+    assert query.labels.tolist() == [1, 2]

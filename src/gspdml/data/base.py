@@ -161,9 +161,10 @@ class ImageListDataset(LabeledDataset):
                 paths = [p for p, k in zip(paths, keep) if k]
                 raw_labels = [c for c, k in zip(raw_labels, keep) if k]
                 lost = sorted(before - set(raw_labels), key=str)
-                extra = f"; classes left without images and removed: {lost}" if lost else ""
-                if classes is not None:
-                    classes = [c for c in classes if c not in set(lost)]
+                if classes is None:  # mapping derived from the kept images: the lost classes disappear
+                    extra = f"; classes left without images and removed: {lost}" if lost else ""
+                else:  # a given (shared, e.g. query/gallery) mapping is kept unchanged
+                    extra = f"; classes left without images in this split: {lost}" if lost else ""
                 query_mask = None if query_mask is None else np.asarray(query_mask)[keep]
                 gallery_mask = None if gallery_mask is None else np.asarray(gallery_mask)[keep]
                 report_skipped(bad, len(keep), where, extra)
