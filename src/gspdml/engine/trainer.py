@@ -58,6 +58,7 @@ __all__ = [
     "build_scheduler",
     "build_datasets",
     "make_split",
+    "split_fold",
     "evaluate_model",
     "seed_everything",
     "RelabeledDataset",
@@ -167,6 +168,20 @@ def make_split(cfg: TrainConfig, split: str, train: bool) -> Dataset:
     return build_dataset(d.dataset, d.root, split, transform=_transform(cfg, train), **d.options)
 
 
+def split_fold(cfg: TrainConfig, train_ds: Dataset, train_eval_ds: Dataset | None = None):
+    """MLRC fold ``cfg.data.fold``: ``(train subset, validation subset)`` of the training split.
+
+    ``train_eval_ds`` is the same split with the evaluation transform (used for validation).
+    """
+    from gspdml.data import mlrc_folds, subset_by_classes
+
+    d = cfg.data
+    classes = np.unique(dataset_labels(train_ds)).tolist()
+    train_classes, val_classes = mlrc_folds(classes, d.num_folds)[d.fold]
+    val_ds = subset_by_classes(train_eval_ds if train_eval_ds is not None else train_ds, val_classes)
+    return subset_by_classes(train_ds, train_classes), val_ds
+
+
 def build_datasets(cfg: TrainConfig) -> dict[str, Dataset | None]:
     """The datasets of a run: ``train`` (labels 0..C-1), ``val``, ``test``, ``gallery``.
 
@@ -181,13 +196,7 @@ def build_datasets(cfg: TrainConfig) -> dict[str, Dataset | None]:
     train_ds = make(d.train_split, True)
     val_ds = None
     if d.fold is not None:
-        from gspdml.data import mlrc_folds, subset_by_classes
-
-        classes = np.unique(dataset_labels(train_ds)).tolist()
-        train_classes, val_classes = mlrc_folds(classes, d.num_folds)[d.fold]
-        train_ds_eval = make(d.train_split, False)
-        val_ds = subset_by_classes(train_ds_eval, val_classes)
-        train_ds = subset_by_classes(train_ds, train_classes)
+        train_ds, val_ds = split_fold(cfg, train_ds, make(d.train_split, False))
     elif d.val_split:
         val_ds = make(d.val_split, False)
     test_ds = gallery_ds = None
@@ -404,6 +413,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, progress: bool, resume, run_dir, 
         built = dict(datasets or {})
         if "train" not in built:
             built = {**build_datasets(cfg), **built}
+        elif d.fold is not None and built.get("val") is None:
+            built["train"], built["val"] = split_fold(cfg, built["train"], built.get("train_eval"))
         train_ds = built.get("train")
         if train_ds is None:
             raise InputError("datasets['train'] is missing")

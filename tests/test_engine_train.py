@@ -1,0 +1,154 @@
+"""End-to-end training on tiny in-memory data: run folder, metrics, checkpoints, early stopping."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine_fixtures import Blobs, blob_datasets, tiny_config
+from gspdml.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from gspdml.engine.trainer import RelabeledDataset, build_optimizer, build_scheduler, train
+from gspdml.errors import CheckpointError, ConfigError
+from gspdml.evaluation.embed import embed_dataset
+from gspdml.evaluation.metrics import compute_retrieval_metrics
+
+
+def test_train_writes_a_complete_run(tmp_path):
+    cfg = tiny_config(tmp_path, ["data.fold=1", "train.eval_every_steps=3", "train.checkpoint_every_steps=2",
+                                 "train.plot=true"])
+    res = train(cfg, progress=False, datasets=blob_datasets())
+    run = res.run_dir
+    assert run == tmp_path / "tiny" and res.steps == 6
+    for name in ("config.yaml", "metrics.json", "metrics.csv", "log.txt", "curves.png",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["steps"] == 6 and len(summary["validation"]) == 2
+    assert [r["step"] for r in summary["validation"]] == [3, 6]
+    best_row = max(summary["validation"], key=lambda r: r["val_map_at_r"])
+    assert res.best_metrics["map_at_r"] == pytest.approx(best_row["val_map_at_r"])
+    assert res.best_metrics["step"] == best_row["step"]
+    assert [r["step"] for r in res.history if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("step,epoch,loss,lr")
+    # final metrics = the test set embedded by the returned (best-validation) model
+    emb, labels = embed_dataset(res.model, blob_datasets()["test"], progress=False)
+    assert res.final_metrics == pytest.approx(compute_retrieval_metrics(emb, labels))
+    # the checkpoint rebuilds the same model from its stored config
+    model, cfg2, extra = load_model_from_checkpoint(run)
+    assert extra["step"] == res.best_metrics["step"] and cfg2.data.fold == 1
+    emb2, _ = embed_dataset(model, blob_datasets()["test"], progress=False)
+    torch.testing.assert_close(emb2, emb)
+    assert "training tiny" in (run / "log.txt").read_text()
+
+
+def test_fold_split_trains_on_three_quarters_of_the_classes(tmp_path):
+    cfg = tiny_config(None, ["data.fold=0", "train.max_steps=1", "train.eval_every_steps=1"])
+    res = train(cfg, progress=False, datasets={"train": Blobs(12, 6)}, )
+    # 12 classes -> validation on classes 0..2, training on 9 classes
+    assert res.extras["num_classes"] == 9
+    assert res.final_metrics == {}  # no test set given
+
+
+def test_in_memory_run_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = train(tiny_config(None, ["train.max_steps=2"]), progress=False, datasets=blob_datasets())
+    assert res.run_dir is None and list(tmp_path.iterdir()) == []
+    assert set(res.final_metrics) >= {"map_at_r", "r_precision", "precision_at_1", "recall_at_1"}
+
+
+def test_no_checkpoints_when_disabled(tmp_path):
+    cfg = tiny_config(tmp_path, ["train.save_checkpoints=false", "data.fold=0", "train.eval_every_steps=2"])
+    res = train(cfg, progress=False, datasets=blob_datasets())
+    assert not (res.run_dir / "checkpoints").exists()
+    assert (res.run_dir / "metrics.json").is_file()
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_model_from_checkpoint(res.run_dir)
+
+
+def test_training_improves_separation():
+    # test = new samples of the training classes: training must separate them better
+    cfg = tiny_config(None, ["train.max_steps=40"])
+    data = {"train": Blobs(12, 6, seed=0), "test": Blobs(12, 4, seed=0, noise_seed=5)}
+    before = train(tiny_config(None, ["train.max_steps=1", "optim.lr=1e-9"]), progress=False, datasets=data)
+    after = train(cfg, progress=False, datasets=data)
+    assert after.final_metrics["map_at_r"] > before.final_metrics["map_at_r"] + 0.15
+
+
+def test_early_stopping_counts_validations_without_improvement(tmp_path):
+    # lr ~ 0: the validation score never improves after the first validation
+    cfg = tiny_config(None, ["optim.lr=1e-30", "model.freeze_bn=true", "data.fold=0", "train.eval_every_steps=1", "train.patience=2",
+                             "train.max_steps=50"])
+    res = train(cfg, progress=False, datasets=blob_datasets())
+    assert res.stopped_early and res.steps == 3  # best at step 1, no improvement at 2 and 3
+    assert res.best_metrics["step"] == 1
+
+
+def test_new_run_folder_does_not_overwrite(tmp_path):
+    cfg = tiny_config(tmp_path, ["train.max_steps=1", "train.save_checkpoints=false"])
+    a = train(cfg, progress=False, datasets=blob_datasets())
+    b = train(cfg, progress=False, datasets=blob_datasets())
+    assert a.run_dir.name == "tiny" and b.run_dir.name == "tiny_2"
+
+
+def test_optimizer_groups_no_decay_on_norm_and_bias():
+    from gspdml.engine.trainer import TrainModule
+    from gspdml.losses import build_loss
+    from gspdml.models import build_model
+
+    cfg = tiny_config(None, ["loss.name=PAnchor", "optim.weight_decay=0.5"])
+    model = build_model(cfg.model)
+    loss = build_loss("PAnchor", num_classes=5, embedding_dim=8)
+    opt = build_optimizer(cfg, TrainModule(model, loss, None, 0.1))
+    by_name = {g["name"]: g for g in opt.param_groups}
+    decayed = {id(p) for p in by_name["weights"]["params"]}
+    for name, p in model.named_parameters():
+        if p.ndim <= 1:  # BN weights/biases and biases
+            assert id(p) not in decayed, name
+        else:
+            assert id(p) in decayed, name
+    assert by_name["norm_bias"]["weight_decay"] == 0.0 and by_name["weights"]["weight_decay"] == 0.5
+    loss_groups = [g for g in opt.param_groups if g["name"] not in ("weights", "norm_bias")]
+    assert loss_groups, "proxy losses must get their own group"
+    for g, ref in zip(loss_groups, loss.param_groups()):
+        assert g["lr"] == pytest.approx(cfg.optim.lr * ref["lr_mult"])
+    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in loss.parameters())
+
+
+def test_schedulers():
+    p = torch.nn.Parameter(torch.zeros(1))
+    cfg = tiny_config(None, ["optim.scheduler=cosine", "optim.warmup_steps=2", "optim.lr=1.0"])
+    opt = torch.optim.SGD([p], lr=1.0)
+    sch = build_scheduler(cfg, opt, total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    # warm-up 1/2, 2/2, then cosine from 1 down over the remaining 10 steps
+    expected = [0.5, 1.0] + [0.5 * (1 + np.cos(np.pi * t / 10)) for t in range(10)]
+    assert lrs == pytest.approx(expected)
+    cfg = tiny_config(None, ["optim.scheduler=step", "optim.step_size=3", "optim.gamma=0.1", "optim.lr=1.0"])
+    opt = torch.optim.SGD([p], lr=1.0)
+    sch = build_scheduler(cfg, opt, total_steps=10)
+    lrs = []
+    for _ in range(7):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    assert lrs == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01])
+
+
+def test_user_errors_are_clear():
+    with pytest.raises(ConfigError, match="classes_per_batch=20 but the training set has only 12"):
+        train(tiny_config(None, ["data.classes_per_batch=20"]), progress=False, datasets=blob_datasets())
+    with pytest.raises(ConfigError, match="zero_shot.*prototypes"):
+        train(tiny_config(None, ["loss.zero_shot.enabled=true"]), progress=False, datasets=blob_datasets())
+
+
+def test_relabeled_dataset_maps_to_contiguous_ids():
+    ds = RelabeledDataset(Blobs(3, 2, first_class=7))
+    assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2] and ds.num_classes == 3
+    assert ds[3][1] == 1
