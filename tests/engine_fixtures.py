@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -64,3 +65,12 @@ def tiny_config(tmp_path=None, overrides=()):
 
 def blob_datasets(augment: bool = False) -> dict:
     return {"train": Blobs(12, 6, seed=0, augment=augment), "test": Blobs(6, 5, seed=1, first_class=100)}
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run fastest on one thread (and do not fight over a shared machine's cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

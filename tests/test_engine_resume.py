@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from engine_fixtures import Blobs, tiny_config
+from engine_fixtures import Blobs, single_thread, tiny_config  # noqa: F401
 from gspdml.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from gspdml.engine.trainer import train
 from gspdml.errors import CheckpointError

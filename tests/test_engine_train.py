@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine_fixtures import Blobs, blob_datasets, tiny_config
+from engine_fixtures import Blobs, blob_datasets, single_thread, tiny_config  # noqa: F401
 from gspdml.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from gspdml.engine.trainer import RelabeledDataset, build_optimizer, build_scheduler, train
 from gspdml.errors import CheckpointError, ConfigError
