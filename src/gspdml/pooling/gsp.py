@@ -1,0 +1,278 @@
+"""Generalized Sum Pooling (GSP): a learnable, exactly solved optimal-transport pooling layer.
+
+GSP replaces global average pooling (GAP). Each feature ``f_j`` of a map (or token set) keeps the
+share of its mass that an entropy-smoothed partial optimal transport sends to learned prototypes
+``w_1..w_m``; the output is ``sum_j p_j f_j`` with ``p_j = (1/n - rho_j) / mu``. At ``mu = 1``
+every feature is fully transported and GSP is exactly GAP. See
+:mod:`gspdml.pooling.functional` for the problem and the solvers.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gspdml.errors import InputError
+from gspdml.pooling.functional import (
+    _cost_t,
+    _no_autocast,
+    check_solver_args,
+    solve_t,
+    solver_dtype,
+    weighted_sum,
+)
+
+__all__ = ["GSP", "kcenter_greedy", "INITS"]
+
+INITS = ("kcenter", "random")
+
+# Normalised vectors have norm <= 1, so every GSP cost lies in [0, 2].
+_COST_BOUND = 2.0
+
+
+def kcenter_greedy(points: Tensor, k: int) -> Tensor:
+    """Greedy k-center (farthest-first traversal) over ``points`` (N, D); returns k indices.
+
+    Starts at index 0, then repeatedly adds the point whose Euclidean distance to the nearest
+    chosen point is largest (ties: the lowest index). This is the 2-approximation of the k-center
+    problem that the GSP authors used to initialise the prototypes.
+    """
+    if points.dim() != 2 or points.shape[0] < k or k < 1:
+        raise InputError(
+            f"kcenter_greedy needs an (N, D) tensor with N >= k >= 1, got shape "
+            f"{tuple(points.shape)} and k={k}"
+        )
+    pts = points.detach().double()
+    chosen = torch.empty(k, dtype=torch.long, device=points.device)
+    chosen[0] = 0
+    nearest = torch.linalg.vector_norm(pts - pts[0], dim=1)
+    for i in range(1, k):
+        j = torch.argmax(nearest)
+        chosen[i] = j
+        nearest = torch.minimum(nearest, torch.linalg.vector_norm(pts - pts[j], dim=1))
+    return chosen
+
+
+class GSP(nn.Module):
+    """Generalized Sum Pooling layer (Gurbuz et al.), solved exactly.
+
+    Args:
+        dim: number of feature channels C.
+        num_prototypes: number of learnable prototypes m (paper: 64 for CUB/Cars, 128 for SOP/In-shop).
+        mu: transported mass ratio in (0, 1] (paper: 0.3); ``mu = 1`` is exactly GAP.
+        eps: entropy-smoothing weight > 0, multiplies the cost in ``exp(-eps c)`` (paper: 0.5 with
+            proxy losses, 5.0 with pair losses); larger = sharper feature selection.
+        solver: ``"exact"`` (closed form + Newton root; default) or ``"fixed_point"`` (the paper's
+            Prop. 4.2 iteration for ``iters`` steps with the Prop. 4.3 backward).
+        iters: fixed-point iterations (``solver="fixed_point"`` only; paper: 100).
+        init: ``"kcenter"`` (the authors' scheme: output GAP while a memory of ``memory_size``
+            L2-normalised GAP vectors fills during training, then set the prototypes once by greedy
+            k-center over it) or ``"random"`` (random unit vectors, GSP from the first step).
+        memory_size: size of the k-center memory (paper: 1024); must be >= ``num_prototypes``.
+
+    Input ``x``: a feature map (B, C, H, W) or a token set (B, N, C), plus an optional bool ``mask``
+    ((B, N), or (B, H, W) / (B, H*W) for maps; True = real feature) for padded sets.
+    Output: (B, C), or ``(pooled, details)`` with ``return_details=True``, where ``details`` has
+    ``"weights"`` (B, H, W) or (B, N) (sum to 1, 0 at padding), ``"marginals"`` z (B, m) (prototype
+    marginals for the zero-shot loss, sum to 1) and ``"rho"`` (residual mass, shaped like weights).
+
+    Costs are ``|| w_i / max(1, |w_i|) - f_j / max(1, |f_j|) ||_2``; the output pools the
+    unnormalised features. ``GSP.prototypes`` is a single ``nn.Parameter`` (m, C) that is only ever
+    updated in place, so an optimizer built before the first forward keeps training it after the
+    k-center initialisation. The initialisation state (memory, fill count, flag) are buffers and
+    survive ``state_dict()`` round trips. While k-center initialisation is pending the output is
+    GAP and ``details["weights"]`` is uniform, but ``details["marginals"]`` and ``"rho"`` come from
+    the transport problem with the current prototypes (so a zero-shot loss still gets a z).
+
+    Example:
+        >>> pool = GSP(dim=128, num_prototypes=64, mu=0.3, eps=5.0, init="random")
+        >>> pooled, details = pool(torch.randn(8, 128, 7, 7), return_details=True)
+        >>> pooled.shape, details["weights"].shape, details["marginals"].shape
+        (torch.Size([8, 128]), torch.Size([8, 7, 7]), torch.Size([8, 64]))
+    """
+
+    prototypes: nn.Parameter
+    memory: Tensor
+    memory_count: Tensor
+    initialized: Tensor
+
+    def __init__(
+        self,
+        dim: int,
+        num_prototypes: int = 64,
+        mu: float = 0.3,
+        eps: float = 5.0,
+        solver: str = "exact",
+        iters: int = 100,
+        init: str = "kcenter",
+        memory_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise InputError(f"GSP: dim must be a positive integer (number of channels), got {dim!r}")
+        if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int) or num_prototypes < 1:
+            raise InputError(f"GSP: num_prototypes must be an integer >= 1, got {num_prototypes!r}")
+        try:
+            check_solver_args(mu, eps, solver, iters)
+        except InputError as exc:
+            raise InputError(f"GSP: {exc}") from None
+        if init not in INITS:
+            raise InputError(f"GSP: init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
+        if init == "kcenter" and (isinstance(memory_size, bool) or not isinstance(memory_size, int)
+                                  or memory_size < num_prototypes):
+            raise InputError(
+                f"GSP: memory_size must be an integer >= num_prototypes ({num_prototypes}) for "
+                f"k-center initialisation, got {memory_size!r}"
+            )
+        self.dim = dim
+        self.num_prototypes = num_prototypes
+        self.mu = float(mu)
+        self.eps = float(eps)
+        self.solver = solver
+        self.iters = int(iters)
+        self.init = init
+        self.memory_size = int(memory_size) if init == "kcenter" else 0
+        self.prototypes = nn.Parameter(F.normalize(torch.randn(num_prototypes, dim), dim=1))
+        self.register_buffer("memory", torch.zeros(self.memory_size, dim))
+        self.register_buffer("memory_count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("initialized", torch.tensor(init == "random"))
+
+    # ------------------------------------------------------------------------------------------
+
+    def extra_repr(self) -> str:
+        text = (f"dim={self.dim}, num_prototypes={self.num_prototypes}, mu={self.mu}, "
+                f"eps={self.eps}, solver={self.solver!r}")
+        if self.solver == "fixed_point":
+            text += f", iters={self.iters}"
+        text += f", init={self.init!r}"
+        if self.init == "kcenter":
+            state = "done" if bool(self.initialized) else f"pending {int(self.memory_count)}/{self.memory_size}"
+            text += f", memory_size={self.memory_size} ({state})"
+        return text
+
+    @property
+    def is_initialized(self) -> bool:
+        """Whether the prototypes are set (always True for ``init="random"``)."""
+        return bool(self.initialized)
+
+    @torch.no_grad()
+    def initialize_prototypes(self, vectors: Tensor) -> None:
+        """Set the prototypes by greedy k-center over ``vectors`` (N, C), N >= num_prototypes.
+
+        Called automatically once the memory is full; may be called by hand (e.g. with class
+        means). The Parameter is updated in place. Under ``torch.distributed`` the result of
+        rank 0 is broadcast so every replica starts from the same prototypes.
+        """
+        if vectors.dim() != 2 or vectors.shape[1] != self.dim or vectors.shape[0] < self.num_prototypes:
+            raise InputError(
+                f"GSP.initialize_prototypes needs (N, {self.dim}) vectors with N >= "
+                f"{self.num_prototypes}, got shape {tuple(vectors.shape)}"
+            )
+        idx = kcenter_greedy(vectors, self.num_prototypes)
+        self.prototypes.copy_(vectors[idx].to(self.prototypes.dtype))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(self.prototypes.data, src=0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _remember(self, gap: Tensor) -> None:
+        count = int(self.memory_count)
+        take = min(gap.shape[0], self.memory_size - count)
+        if take > 0:
+            self.memory[count:count + take] = F.normalize(gap[:take].to(self.memory.dtype), dim=1)
+            self.memory_count.fill_(count + take)
+        if int(self.memory_count) >= self.memory_size:
+            self.initialize_prototypes(self.memory)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _tokens(self, x: Tensor, mask: Optional[Tensor]):
+        """Validate the input; return features (B, n, C), mask (B, n) or None, spatial shape."""
+        if not isinstance(x, Tensor):
+            raise InputError(f"GSP expects a tensor, got an object of type {type(x).__name__}")
+        if x.dim() == 4:
+            B, C, H, W = x.shape
+            if C != self.dim:
+                raise InputError(
+                    f"GSP(dim={self.dim}) got a feature map of shape {tuple(x.shape)}: expected "
+                    f"(B, {self.dim}, H, W) (channels second)"
+                )
+            feats, spatial = x.flatten(2).transpose(1, 2), (H, W)
+        elif x.dim() == 3:
+            B, _, C = x.shape
+            if C != self.dim:
+                raise InputError(
+                    f"GSP(dim={self.dim}) got a token set of shape {tuple(x.shape)}: expected "
+                    f"(B, N, {self.dim}) (channels last)"
+                )
+            feats, spatial = x, None
+        else:
+            raise InputError(
+                f"GSP expects a feature map (B, C, H, W) or a token set (B, N, C), got a tensor "
+                f"with {x.dim()} dimensions and shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise InputError(f"GSP expects floating-point features, got dtype {x.dtype}")
+        n = feats.shape[1]
+        if B == 0 or n == 0:
+            raise InputError(f"GSP got an empty input of shape {tuple(x.shape)}; need B >= 1 and at least one feature")
+        if mask is not None:
+            expected = [(B, n)] + ([(B, *spatial)] if spatial else [])
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) not in expected:
+                shapes = " or ".join(str(s) for s in expected)
+                got = (f"shape {tuple(mask.shape)} and dtype {mask.dtype}" if isinstance(mask, Tensor)
+                       else f"type {type(mask).__name__}")
+                raise InputError(
+                    f"GSP mask must be a bool tensor of shape {shapes} (True = real feature), got {got}"
+                )
+            mask = mask.reshape(B, n).to(x.device)
+            empty = ~mask.any(1)
+            if bool(empty.any()):
+                raise InputError(
+                    f"GSP mask marks no real feature in sample(s) {torch.nonzero(empty).flatten().tolist()}; "
+                    f"every sample needs at least one"
+                )
+            feats = feats.masked_fill(~mask.unsqueeze(-1), 0.0)  # padding may hold anything
+        if not bool(torch.isfinite(feats).all()):
+            where = "real features" if mask is not None else "features"
+            raise InputError(f"GSP input contains NaN or infinite values (in the {where}); check the backbone output")
+        return feats, mask, spatial
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, return_details: bool = False
+                ) -> Union[Tensor, tuple[Tensor, dict]]:
+        """Pool ``x`` (B, C, H, W) or (B, N, C) into (B, C); see the class docstring."""
+        feats, mask, spatial = self._tokens(x, mask)
+        B, n, _ = feats.shape
+        dtype = solver_dtype(torch.promote_types(x.dtype, self.prototypes.dtype))
+        ready = bool(self.initialized)
+        gap_out = (not ready) or self.mu >= 1.0
+        with _no_autocast(x.device.type):
+            feats = feats.to(dtype)
+            if gap_out:
+                if mask is None:
+                    pooled = feats.mean(1)
+                else:
+                    pooled = feats.sum(1) / mask.sum(1, keepdim=True).to(dtype)
+                if not ready and self.training:
+                    self._remember(pooled.detach())
+                if not return_details:
+                    return pooled.to(x.dtype)
+            ct = _cost_t(feats, self.prototypes.to(dtype))
+            weights, rho, marginals, _ = solve_t(
+                ct, self.mu, self.eps, solver=self.solver, iters=self.iters, mask=mask,
+                with_plan=False, cost_bound=_COST_BOUND,
+            )
+            if gap_out:
+                if mask is None:
+                    weights = torch.full((B, n), 1.0 / n, dtype=dtype, device=x.device)
+                else:
+                    weights = mask.to(dtype) / mask.sum(1, keepdim=True).to(dtype)
+            else:
+                pooled = weighted_sum(feats, weights)
+        if not return_details:
+            return pooled.to(x.dtype)
+        shape = (B, *spatial) if spatial else (B, n)
+        details = {"weights": weights.reshape(shape), "marginals": marginals, "rho": rho.reshape(shape)}
+        return pooled.to(x.dtype), details
