@@ -128,3 +128,22 @@ def test_concat_and_summary():
     table = format_table({"128D": summarize([{"precision_at_1": .5, "r_precision": .25, "map_at_r": .125}]),
                           "512D": summarize([{"precision_at_1": .6, "r_precision": .3, "map_at_r": .2}])})
     assert "| 128D | 50.00 ± 0.00 | 25.00 ± 0.00 | 12.50 ± 0.00 |" in table
+
+
+def test_agrees_with_pml_reference_calculator():
+    # the vectorised bookkeeping must reproduce PML's own AccuracyCalculator (k = max_bin_count)
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    g = torch.Generator().manual_seed(7)
+    y = torch.randint(0, 60, (500,), generator=g)
+    x = torch.nn.functional.normalize(torch.randn(60, 16, generator=g)[y] + 0.8 * torch.randn(500, 16, generator=g), dim=1)
+    y[0] = 999  # a singleton class: its query has no answer and is left out
+    pml = AccuracyCalculator(include=("mean_average_precision_at_r", "r_precision", "precision_at_1"),
+                             k="max_bin_count", device=torch.device("cpu"))
+    for args in ((x, y), (x[:200], y[:200], x[200:], y[200:])):
+        ref = pml.get_accuracy(*args) if len(args) == 4 else pml.get_accuracy(x, y, x, y, ref_includes_query=True)
+        ours = compute_retrieval_metrics(*args)
+        assert ours["map_at_r"] == pytest.approx(ref["mean_average_precision_at_r"], abs=1e-9)
+        assert ours["r_precision"] == pytest.approx(ref["r_precision"], abs=1e-9)
+        assert ours["precision_at_1"] == pytest.approx(ref["precision_at_1"], abs=1e-9)
+        assert 0.05 < ours["map_at_r"] < 0.95  # a non-trivial case
