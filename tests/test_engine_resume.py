@@ -30,15 +30,22 @@ RESUME_OVERRIDES = [
 def _state(res):
     params = {f"model.{k}": v.detach().clone() for k, v in res.model.state_dict().items()}
     params.update({f"loss.{k}": v.detach().clone() for k, v in res.extras["loss"].state_dict().items()})
+    if res.extras["zero_shot"] is not None:
+        params.update({f"zs.{k}": v.detach().clone() for k, v in res.extras["zero_shot"].state_dict().items()})
     return params
 
 
-def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path):
-    cfg_a = tiny_config(tmp_path / "a", RESUME_OVERRIDES + ["eval.use_best=false"])
+GSP_ZS = ["model.pooling=gsp", "model.pooling_kwargs={num_prototypes: 4, mu: 0.5, eps: 5.0}",
+          "loss.zero_shot.enabled=true", "loss.name=XBM", "loss.kwargs={warmup_iters: 2, memory_size: 24}"]
+
+
+@pytest.mark.parametrize("extra", [[], GSP_ZS], ids=["gap-panchor", "gsp-zeroshot-xbm"])
+def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path, extra):
+    cfg_a = tiny_config(tmp_path / "a", RESUME_OVERRIDES + ["eval.use_best=false"] + extra)
     full = train(cfg_a, progress=False, datasets=_data())
     assert full.steps == 10 and full.epochs >= 2  # crosses epoch boundaries
 
-    cfg_b = tiny_config(tmp_path / "b", RESUME_OVERRIDES + ["eval.use_best=false"])
+    cfg_b = tiny_config(tmp_path / "b", RESUME_OVERRIDES + ["eval.use_best=false"] + extra)
 
     def crash(info):
         if info["step"] == 6:

@@ -152,3 +152,19 @@ def test_relabeled_dataset_maps_to_contiguous_ids():
     ds = RelabeledDataset(Blobs(3, 2, first_class=7))
     assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2] and ds.num_classes == 3
     assert ds[3][1] == 1
+
+
+def test_zero_shot_regulariser_is_mixed_and_trained(tmp_path):
+    cfg = tiny_config(tmp_path, ["model.pooling=gsp", "model.pooling_kwargs={num_prototypes: 4, mu: 0.5, eps: 5.0}",
+                                 "loss.zero_shot.enabled=true", "loss.zero_shot.weight=0.3", "train.max_steps=3"])
+    res = train(cfg, progress=False, datasets=blob_datasets())
+    rows = [r for r in res.history if "loss" in r]
+    assert len(rows) == 3
+    for r in rows:  # total = (1 - lambda) L_DML + lambda L_ZS
+        assert r["loss"] == pytest.approx(0.7 * r["loss_dml"] + 0.3 * r["loss_zs"], rel=1e-5)
+    zs = res.extras["zero_shot"]
+    assert zs is not None and all(p.grad is not None for p in zs.parameters())
+    ckpt = load_checkpoint(res.run_dir / "checkpoints" / "last.pt")
+    n_params = len(list(res.model.parameters())) + len(list(zs.parameters())) + len(list(res.extras["loss"].parameters()))
+    assert sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"]) == n_params
+    assert ckpt["zero_shot"].keys() == zs.state_dict().keys()
