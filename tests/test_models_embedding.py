@@ -159,3 +159,11 @@ def test_gsp_embedding_model_on_vit_tokens():
     assert emb.shape == (2, 8)
     assert details["weights"].shape == (2, 4)
     assert torch.allclose(details["weights"].sum(1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_GSP, reason="gspdml.pooling.gsp not available yet")
+def test_gsp_prototypes_get_no_weight_decay():
+    model = EmbeddingModel(MapBackbone(), local_dim=4, pooling="gsp", pooling_kwargs={"num_prototypes": 3})
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in model.param_groups(1e-4)}
+    assert id(model.pooling.prototypes) in groups["no_decay"]
+    assert id(model.local.weight) in groups["decay"]
