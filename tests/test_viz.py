@@ -55,6 +55,21 @@ def test_dominant_prototypes_is_argmax_over_prototypes():
         dominant_prototypes(plan, (3, 3))
 
 
+@pytest.mark.parametrize("mu,eps", [(0.3, 5.0), (0.7, 0.5), (1.0, 20.0)])
+def test_nearest_prototypes_is_argmax_of_the_solved_plan(mu, eps):
+    from gspdml.pooling.functional import partial_transport, prototype_cost
+    from gspdml.viz.weights import nearest_prototypes
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(3, 6, 4, 5, generator=g, dtype=torch.float64)  # (N, C, h, w)
+    protos = torch.randn(7, 6, generator=g, dtype=torch.float64)
+    tokens = feats.flatten(2).transpose(1, 2)
+    plan = partial_transport(prototype_cost(tokens, protos).contiguous(), mu, eps).plan  # (N, m, n)
+    expected = dominant_prototypes(plan, (4, 5))
+    np.testing.assert_array_equal(nearest_prototypes(feats, protos), expected)
+    np.testing.assert_array_equal(nearest_prototypes(tokens, protos), expected.reshape(3, 20))
+
+
 def test_to_display_image_undoes_normalisations():
     rgb = torch.rand(3, 5, 6)
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]

@@ -74,6 +74,17 @@ def _load_image_files(paths: list[str], cfg, model):
     return tensors
 
 
+def _find_gsp(model):
+    """The model's GSP layer (also inside combined poolings such as gmp+gsp)."""
+    from gspdml.pooling.gsp import GSP
+
+    for module in model.modules():
+        if isinstance(module, GSP):
+            return module
+    pooling = type(getattr(model, "pooling", model)).__name__
+    raise InputError(f"--by-prototype needs a model with GSP pooling (prototypes); the model's pooling is {pooling}")
+
+
 def run_weights(args: argparse.Namespace) -> int:
     """Run ``gspdml viz weights``."""
     import torch
@@ -86,7 +97,7 @@ def run_weights(args: argparse.Namespace) -> int:
         names_for_labels,
         resolve_device,
     )
-    from gspdml.viz.weights import dominant_prototypes, plot_weight_maps, to_display_image
+    from gspdml.viz.weights import nearest_prototypes, plot_weight_maps, to_display_image
 
     if args.num < 1:
         raise InputError(f"--num must be >= 1; got {args.num}")
@@ -109,33 +120,32 @@ def run_weights(args: argparse.Namespace) -> int:
         titles = names_for_labels(dataset, [int(y) for _, y in items])
         source = f"{name}_{split}"
 
-    images, weights, plans = [], [], []
+    gsp = _find_gsp(model) if args.by_prototype else None
+    captured: list = []
+    hook = gsp.register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach())) if gsp else None
+    weights = []
     model.to(device).eval()
-    with torch.no_grad():
-        for start in range(0, len(xs), args.batch_size):
-            batch = torch.stack(xs[start:start + args.batch_size]).to(device)
-            _, details = model(batch, return_details=True)
-            w = details.get("weights") if isinstance(details, dict) else None
-            if w is None or w.ndim != 3:
-                raise InputError("the model's pooling gives no (B, h, w) weight map in its details")
-            weights.append(w.float().cpu())
-            if args.by_prototype:
-                plan = details.get("plan")
-                if plan is None:
-                    pooling = type(getattr(model, "pooling", model)).__name__
-                    raise InputError(
-                        f"--by-prototype needs the transport plan of a prototype pooling (GSP); the "
-                        f"model's pooling {pooling} gives none"
-                    )
-                plans.append(plan.float().cpu())
+    try:
+        with torch.no_grad():
+            for start in range(0, len(xs), args.batch_size):
+                batch = torch.stack(xs[start:start + args.batch_size]).to(device)
+                _, details = model(batch, return_details=True)
+                w = details.get("weights") if isinstance(details, dict) else None
+                if w is None or w.ndim != 3:
+                    raise InputError("the model's pooling gives no (B, h, w) weight map in its details")
+                weights.append(w.float().cpu())
+    finally:
+        if hook is not None:
+            hook.remove()
     weights_np = torch.cat(weights).numpy()
     norm = display_normalization(cfg)
     images = np.stack([to_display_image(x, norm) for x in xs])
     dominant, num_prototypes = None, None
-    if args.by_prototype:
-        plan = torch.cat(plans)
-        dominant = dominant_prototypes(plan, weights_np.shape[1:])
-        num_prototypes = int(plan.shape[1])
+    if gsp is not None:
+        if not gsp.is_initialized:
+            print("note: the GSP prototypes are not initialised yet (k-center pending); the weights are uniform")
+        dominant = nearest_prototypes(torch.cat(captured), gsp.prototypes)
+        num_prototypes = int(gsp.prototypes.shape[0])
     out_dir = default_output_dir(extra["path"], args.out)
     file_name = args.name or f"weights_{source}{'_prototypes' if args.by_prototype else ''}.png"
     path = plot_weight_maps(

@@ -5,7 +5,7 @@ overlaid. A weight map of ``n = h·w`` locations is upsampled to the image size 
 *relative to uniform pooling*: the plotted value is ``n · p_i`` (1 = the weight GAP gives every
 location, 0 = ignored, > 1 = emphasised), on a diverging colour scale centred at 1 with a colour
 bar. With ``dominant`` (the index of the prototype receiving most of each location's mass, see
-:func:`dominant_prototypes`) the locations are coloured by that prototype instead (colours from
+:func:`nearest_prototypes` and :func:`dominant_prototypes`) the locations are coloured by that prototype instead (colours from
 :func:`gspdml.viz.prototypes.prototype_colors`) with opacity growing with the weight, as in the
 paper's Fig. 5.
 
@@ -24,7 +24,14 @@ import torch.nn.functional as F
 
 from gspdml.errors import InputError
 
-__all__ = ["plot_weight_maps", "upsample_maps", "dominant_prototypes", "relative_weights", "to_display_image"]
+__all__ = [
+    "plot_weight_maps",
+    "upsample_maps",
+    "dominant_prototypes",
+    "nearest_prototypes",
+    "relative_weights",
+    "to_display_image",
+]
 
 
 def _numpy(name: str, array) -> np.ndarray:
@@ -79,6 +86,30 @@ def dominant_prototypes(plan, shape: tuple[int, int] | None = None) -> np.ndarra
             raise InputError(f"map shape {(h, w)} does not hold the plan's {dom.shape[1]} locations")
         dom = dom.reshape(len(dom), h, w)
     return dom
+
+
+def nearest_prototypes(features, prototypes) -> np.ndarray:
+    """Dominant prototype of each location of a GSP input, without solving the transport.
+
+    In GSP's solution ``pi_ij = softmax_i(-eps c_ij) · sigma_j / n`` the prototype receiving most
+    of location ``j``'s mass is the one of smallest cost ``c_ij = ||w̄_i − f̄_j||`` (any ``mu``,
+    ``eps``), so this is ``argmin_i`` of :func:`gspdml.pooling.functional.prototype_cost`.
+
+    ``features``: the GSP layer's input, a map (N, C, h, w) or a token set (N, n, C);
+    ``prototypes``: (m, C). Returns (N, h, w) or (N, n) prototype indices.
+    """
+    from gspdml.pooling.functional import prototype_cost
+
+    f = torch.as_tensor(_numpy("features", features)) if not isinstance(features, torch.Tensor) else features
+    w = torch.as_tensor(_numpy("prototypes", prototypes)) if not isinstance(prototypes, torch.Tensor) else prototypes
+    f, w = f.detach().cpu().double(), w.detach().cpu().double()
+    if f.ndim == 4:
+        n_img, _, h, wd = f.shape
+        cost = prototype_cost(f.flatten(2).transpose(1, 2), w)
+        return cost.argmin(1).reshape(n_img, h, wd).numpy()
+    if f.ndim == 3:
+        return prototype_cost(f, w).argmin(1).numpy()
+    raise InputError(f"features must be (N, C, h, w) or (N, n, C); got shape {tuple(f.shape)}")
 
 
 def to_display_image(image: torch.Tensor | np.ndarray, normalization: str = "none") -> np.ndarray:
@@ -145,7 +176,7 @@ def plot_weight_maps(
         path: output ``.png`` file (folders are created).
         titles: optional N panel titles.
         dominant: optional (N, h, w) integer prototype index per location (e.g. from
-            :func:`dominant_prototypes`): locations are coloured by their dominant prototype,
+            :func:`nearest_prototypes` or :func:`dominant_prototypes`): locations are coloured by their dominant prototype,
             with opacity proportional to the relative weight.
         num_prototypes: number of prototypes for the colours (default ``dominant.max() + 1``).
         ncols: panels per row (default up to 8).
