@@ -134,7 +134,7 @@ class _L2Cost(torch.autograd.Function):
             g = grad / d
             if ctx.zero_check:
                 g.masked_fill_(d == 0, 0.0)
-        g2 = g.view(B * n, m)
+        g2 = g.reshape(B * n, m)
         f2 = fb.view(B * n, D)
         grad_f = grad_w = None
         if ctx.needs_input_grad[0]:
