@@ -296,30 +296,31 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
     lo, hi = logit_mu - a_max, logit_mu - a_min
     u = logit_mu - a_mean
     target = mu * cnt
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        for _ in range(_NEWTON_MAX_ITERS):
-            if on_cpu:
-                sig = 1.0 / (1.0 + np.exp(-(a_np + u[:, None])))
-                F = sig.sum(1)
-                Q = np.einsum("ij,ij->i", sig, sig)
-            else:
-                sig = torch.sigmoid(a + torch.from_numpy(u).to(a.device).unsqueeze(1))
-                F, Q = torch.stack([sig.sum(1), (sig * sig).sum(1)]).cpu().numpy()
-            f = F - target
-            below = f < 0  # root above u
-            lo = np.where(below, u, lo)
-            hi = np.where(below, hi, u)
-            step = np.where(f == 0, 0.0, f / (F - Q))  # f' = sum sigma (1 - sigma)
-            new = u - step
-            ok = (new >= lo) & (new <= hi)  # False for NaN/inf steps (flat function)
-            if ok.all():
-                u = new
-                if (step * step <= (2.0 * resolution) * (1.0 + np.abs(u))).all():
-                    break
-            else:
-                u = np.where(ok, new, 0.5 * (lo + hi))
-                if ((hi - lo) <= 4e-16 * (1.0 + np.abs(u))).all():
-                    break
+    tol = 2.0 * resolution
+    for _ in range(_NEWTON_MAX_ITERS):
+        if on_cpu:
+            sig = np.tanh((a_np + u[:, None]) * 0.5) * 0.5 + 0.5  # sigmoid, no overflow
+            F = sig.sum(1)
+            Q = np.einsum("ij,ij->i", sig, sig)
+        else:
+            sig = torch.sigmoid(a + torch.from_numpy(u).to(a.device).unsqueeze(1))
+            F, Q = torch.stack([sig.sum(1), (sig * sig).sum(1)]).cpu().numpy()
+        f = F - target
+        below = f < 0  # the root is above u
+        lo = np.where(below, u, lo)
+        hi = np.where(below, hi, u)
+        # f' = sum sigma (1 - sigma); it is 0 only if every sigmoid saturated (then bisect)
+        step = f / np.maximum(F - Q, 1e-300)
+        new = u - step
+        ok = (new >= lo) & (new <= hi)
+        if ok.all():
+            u = new
+            if (step * step <= tol * (1.0 + np.abs(u))).all():
+                break
+        else:
+            u = np.where(ok, new, 0.5 * (lo + hi))
+            if ((hi - lo) <= 4e-16 * (1.0 + np.abs(u))).all():
+                break
     return torch.from_numpy(u).to(a.device)
 
 
@@ -334,8 +335,11 @@ def _sigmoid_terms(xp, a, u, count, mu: float, real):
         sig = xp.ones_like(a) if real is None else real * 1.0
         return sig, xp.zeros_like(a), inv_n
     x = a + u[:, None]
-    sig = 1.0 / (1.0 + xp.exp(-x))
-    sigc = 1.0 / (1.0 + xp.exp(x))
+    if xp is np:
+        with np.errstate(over="ignore"):  # exp(+-inf or > 709) = inf gives the right limit
+            sig, sigc = 1.0 / (1.0 + np.exp(-x)), 1.0 / (1.0 + np.exp(x))
+    else:
+        sig, sigc = torch.sigmoid(x), torch.sigmoid(-x)
     if real is not None:
         sigc = sigc * real
     return sig, sigc, inv_n
@@ -372,8 +376,7 @@ class _ExactTransport(torch.autograd.Function):
             rl = None if real is None else real.numpy()
         else:
             cnt, rl = count.double(), real
-        with np.errstate(over="ignore"):
-            sig, sigc, inv_n = _sigmoid_terms(xp, a, u, cnt, mu, rl)
+        sig, sigc, inv_n = _sigmoid_terms(xp, a, u, cnt, mu, rl)
         col = sig * inv_n  # sum_i pi_ij = sigma_j / n
         ds = sig * sigc  # sigma (1 - sigma), zero at padding
         S = ds.sum(1)[:, None] + 1e-300  # > 0 (only 0 when every sigmoid saturated)
@@ -433,7 +436,7 @@ class _ExactTransport(torch.autograd.Function):
 
 def _to_torch(device, dtype):
     if device.type == "cpu":
-        return lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+        return lambda x: torch.from_numpy(x).to(dtype)
     return lambda x: x.to(dtype)
 
 
