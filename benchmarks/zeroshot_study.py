@@ -6,11 +6,12 @@ with L2 distance and cosine similarity, 1000 repeats), claiming that L_ZS makes 
 better. This script repeats that comparison on the shipped data, with the engine
 (``gspdml.engine.train``), over several seeds:
 
-* ``digits_collage`` (default): ``smallcnn`` backbone, classes are pairs of digits 4-9 among
+* ``digits_collage``: ``smallcnn`` backbone, classes are pairs of digits 4-9 among
   background digits 0-3, so digits are natural shared "attributes". Zero-shot MAP is measured on
   the 8 training classes (fit on 4, predict 4), on the 7 unseen test classes (fit on 4, predict
   3) and on all 15 classes together ("all": fit on 8, predict 7).
-* ``tokens``: the synthetic token study (``token_embedding`` backbone, 16 classes in both splits).
+* ``tokens`` (default): the synthetic token study (``token_embedding`` backbone, 16 classes in
+  both splits; zero-shot MAP on the 16 test classes: fit on 8, predict 8).
 
 Arms: ``gsp`` (GSP, L_ZS off) and ``gsp+zs`` (GSP, L_ZS on, lambda = 0.1); ``--arms`` can add
 ``gap+zs`` (GSP with mu = 1, i.e. global average pooling with attribute vectors). Each arm is
@@ -18,8 +19,8 @@ trained for every seed with identical data, batches and initialisation seeds; th
 std over seeds of the per-seed mean MAP, plus retrieval MAP@R on the test split) is printed and
 written as JSON. Keep it short on CPU: the defaults take a few minutes on 2 cores.
 
-    python benchmarks/zeroshot_study.py                       # digits collage, 3 seeds
-    python benchmarks/zeroshot_study.py --dataset tokens --steps 300
+    python benchmarks/zeroshot_study.py                   # token study, 3 arms x 5 seeds, ~2 min
+    python benchmarks/zeroshot_study.py --dataset digits_collage --arms gsp gsp+zs --seeds 0 1 2
 """
 from __future__ import annotations
 
@@ -78,10 +79,10 @@ def make_config(args, arm: str, seed: int):
     return cfg
 
 
-def record(row: dict, split: str, zs) -> None:
+def record(row: dict, split: str, zs, suffix: str = "") -> None:
     s = zs.summary()
-    row[f"{split}_zs_map_l2"] = s["map_l2_mean"]
-    row[f"{split}_zs_map_cosine"] = s["map_cosine_mean"]
+    row[f"{split}_zs_map_l2{suffix}"] = s["map_l2_mean"]
+    row[f"{split}_zs_map_cosine{suffix}"] = s["map_cosine_mean"]
     row[f"{split}_zs_chance"] = s["chance_map"]
 
 
@@ -92,9 +93,9 @@ def summarise(values: list[float]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="digits_collage")
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["gsp", "gsp+zs"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="tokens")
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["gsp", "gsp+zs", "gap+zs"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=300, help="optimiser steps per run")
     parser.add_argument("--loss", default="PNCA", help="DML loss (paper Fig. 5: ProxyNCA++)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the shipped config's)")
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eps", type=float, default=None, help="GSP eps (default: the shipped config's)")
     parser.add_argument("--zs-weight", type=float, default=0.1, help="lambda of L_ZS")
     parser.add_argument("--repeats", type=int, default=1000, help="random class splits per evaluation")
+    parser.add_argument("--eval-ridges", type=float, nargs="+", default=[0.05],
+                        help="ridge weights of the evaluation's predictor; the first (paper: 0.05) is the "
+                             "main result, the others a sensitivity check")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/zeroshot_study_{dataset}.json")
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from gspdml.analysis.commands import eval_transform
-    from gspdml.analysis.zeroshot import evaluate_model_zero_shot, evaluate_zero_shot
+    from gspdml.analysis.zeroshot import class_means, collect_model_outputs, evaluate_zero_shot
     from gspdml.data import build_dataset
     from gspdml.engine import train
 
@@ -134,27 +138,39 @@ def main(argv: list[str] | None = None) -> int:
                 "test_map_at_r": float(result.final_metrics.get("map_at_r", float("nan"))),
                 "test_precision_at_1": float(result.final_metrics.get("precision_at_1", float("nan"))),
             }
-            collected = {}
-            for split, ds in eval_sets.items():
-                zs, collected[split] = evaluate_model_zero_shot(
-                    result.model, ds, repeats=args.repeats, seed=0, progress=False
-                )
-                record(row, split, zs)
+            collected = {
+                split: collect_model_outputs(result.model, ds, batch_size=cfg.eval.batch_size, progress=False)
+                for split, ds in eval_sets.items()
+            }
             if len(collected) > 1:  # all classes of all evaluated splits together (disjoint label ranges)
-                offset, z_all, e_all, y_all = 0, [], [], []
+                offset, parts = 0, []
                 for out in collected.values():
-                    z_all.append(out["marginals"])
-                    e_all.append(out["embeddings"])
-                    y_all.append(out["labels"] + offset)
+                    parts.append({**out, "labels": out["labels"] + offset})
                     offset += int(out["labels"].max()) + 1
-                zs = evaluate_zero_shot(np.concatenate(z_all), np.concatenate(e_all), np.concatenate(y_all),
-                                        repeats=args.repeats, seed=0)
-                record(row, "all", zs)
+                collected["all"] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            for split, out in collected.items():
+                for i, ridge in enumerate(args.eval_ridges):
+                    zs = evaluate_zero_shot(out["marginals"], out["embeddings"], out["labels"],
+                                            repeats=args.repeats, ridge=ridge, seed=0)
+                    record(row, split, zs, suffix="" if i == 0 else f"_ridge{ridge:g}")
+                row[f"{split}_z_spread"] = float(class_means(out["marginals"], out["labels"])[1].std(0).mean())
             runs.append(row)
             print(json.dumps(row), flush=True)
 
-    metrics = [k for k in runs[0] if k.endswith(("_zs_map_l2", "_zs_map_cosine")) or k.startswith("test_")]
+    metrics = [k for k in runs[0] if "_zs_map_" in k or k.endswith(("_map_at_r", "_precision_at_1", "_z_spread"))]
     table = {arm: {k: summarise([r[k] for r in runs if r["arm"] == arm]) for k in metrics} for arm in args.arms}
+    paired = {}  # per-seed differences of each L_ZS arm against the plain GSP arm
+    if "gsp" in args.arms:
+        base_rows = {r["seed"]: r for r in runs if r["arm"] == "gsp"}
+        for arm in args.arms:
+            if arm == "gsp":
+                continue
+            rows = [r for r in runs if r["arm"] == arm]
+            paired[f"{arm} - gsp"] = {
+                k: dict(summarise([r[k] - base_rows[r["seed"]][k] for r in rows]),
+                        better=int(sum(r[k] > base_rows[r["seed"]][k] for r in rows)), seeds=len(rows))
+                for k in metrics if "_zs_" in k
+            }
     chance = {k[: -len("_zs_chance")]: v for k, v in runs[0].items() if k.endswith("_zs_chance")}
     out = {
         "study": "zero-shot attribute MAP of GSP without vs with L_ZS (issue 6 item 5)",
@@ -163,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "backbone": base.model.backbone,
         "chance_map": chance,
         "summary": table,
+        "paired_differences": paired,
         "runs": runs,
         "total_seconds": round(time.perf_counter() - start_all, 1),
         "platform": {"python": sys.version.split()[0], "torch": torch.__version__, "machine": platform.machine(),
@@ -173,11 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(out, indent=2))
 
     print(f"\nzero-shot attribute MAP on {args.dataset} (mean ± std over seeds {args.seeds}; chance {chance})")
-    header = f"{'arm':<8}" + "".join(f"{m:>26}" for m in metrics)
-    print(header)
-    for arm in args.arms:
-        cells = "".join(f"{table[arm][m]['mean']:>17.4f} ± {table[arm][m]['std']:.4f}" for m in metrics)
-        print(f"{arm:<8}{cells}")
+    print(f"{'metric':<30}" + "".join(f"{arm:>20}" for arm in args.arms))
+    for m in metrics:
+        print(f"{m:<30}" + "".join(f"{table[arm][m]['mean']:>11.4f} ± {table[arm][m]['std']:.4f}" for arm in args.arms))
+    for name, diffs in paired.items():
+        print(f"\npaired per-seed difference {name} (mean ± std; seeds where the arm is better):")
+        for k, d in diffs.items():
+            print(f"  {k:<30} {d['mean']:+.4f} ± {d['std']:.4f}   ({d['better']}/{d['seeds']})")
     print(f"wrote {path}")
     return 0
 
