@@ -38,6 +38,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_ddp_two_cpu_processes_match_averaged_gradients(tmp_path):
     world = 2
+    # import what DDP and the engine import lazily once here, so the forked children need not
+    import torch._dynamo  # noqa: F401
+    import gspdml.data.samplers, gspdml.engine.trainer, gspdml.evaluation.metrics  # noqa: F401, E401
+    import gspdml.losses.factory, gspdml.models.embedding  # noqa: F401, E401
     # fork: the children inherit the imported modules (spawn would re-import torch in each)
     mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True,
                        start_method="fork")
