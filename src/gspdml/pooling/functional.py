@@ -267,50 +267,34 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
     most ``h^2 / 2`` (``|F''| <= F'`` for sums of sigmoids), so it stops once that bound is below
     ``resolution * (1 + |u|)``: float64 round-off by default, float32's for float32 outputs (the
     inputs ``a`` carry that much error already), which saves one Newton step.
-    The B scalars are handled in numpy; on CPU the whole iteration runs in numpy (a handful of
-    small vectors, where numpy's per-call cost is far below torch's).
+    The (B, n) sigmoid sums run in torch (fast vectorised exp), the bookkeeping of the B scalars
+    (bracket, safeguard, stopping rule) in numpy, whose per-call cost is far below torch's.
     """
     B = a.shape[0]
     if mu >= 1.0:
         return torch.full((B,), math.inf, dtype=torch.float64, device=a.device)
     logit_mu = math.log(mu) - math.log1p(-mu)
-    on_cpu = a.device.type == "cpu"
-    if on_cpu:
-        a_np = a.numpy()
-        cnt = count.numpy().astype(np.float64)
-        if padded:
-            real = np.isfinite(a_np)
-            a_max = a_np.max(1)
-            a_min = np.where(real, a_np, np.inf).min(1)
-            a_mean = np.where(real, a_np, 0.0).sum(1) / cnt
-        else:
-            a_max, a_min, a_mean = a_np.max(1), a_np.min(1), a_np.mean(1)
+    if padded:
+        real = torch.isfinite(a)
+        stats = torch.stack([a.amax(1), a.masked_fill(~real, math.inf).amin(1),
+                             a.masked_fill(~real, 0.0).sum(1) / count, count.double()])
     else:
-        if padded:
-            real = torch.isfinite(a)
-            stats = torch.stack([a.amax(1), a.masked_fill(~real, math.inf).amin(1),
-                                 a.masked_fill(~real, 0.0).sum(1) / count, count.double()])
-        else:
-            stats = torch.stack([a.amax(1), a.amin(1), a.mean(1), count.double()])
-        a_max, a_min, a_mean, cnt = stats.cpu().numpy()
+        stats = torch.stack([a.amax(1), a.amin(1), a.mean(1), count.double()])
+    a_max, a_min, a_mean, cnt = stats.cpu().numpy()
     lo, hi = logit_mu - a_max, logit_mu - a_min
     u = logit_mu - a_mean
     target = mu * cnt
     tol = 2.0 * resolution
+    x = torch.empty_like(a)
     for _ in range(_NEWTON_MAX_ITERS):
-        if on_cpu:
-            sig = np.tanh((a_np + u[:, None]) * 0.5) * 0.5 + 0.5  # sigmoid, no overflow
-            F = sig.sum(1)
-            Q = np.einsum("ij,ij->i", sig, sig)
-        else:
-            sig = torch.sigmoid(a + torch.from_numpy(u).to(a.device).unsqueeze(1))
-            F, Q = torch.stack([sig.sum(1), (sig * sig).sum(1)]).cpu().numpy()
+        torch.add(a, torch.from_numpy(u).to(a.device).unsqueeze(1), out=x).sigmoid_()
+        F, Q = torch.stack([x.sum(1), torch.linalg.vector_norm(x, dim=1)]).cpu().numpy()
         f = F - target
         below = f < 0  # the root is above u
         lo = np.where(below, u, lo)
         hi = np.where(below, hi, u)
         # f' = sum sigma (1 - sigma); it is 0 only if every sigmoid saturated (then bisect)
-        step = f / np.maximum(F - Q, 1e-300)
+        step = f / np.maximum(F - Q * Q, 1e-300)
         new = u - step
         ok = (new >= lo) & (new <= hi)
         if ok.all():
@@ -332,14 +316,15 @@ def _sigmoid_terms(xp, a, u, count, mu: float, real):
     """
     inv_n = 1.0 / count[:, None]
     if mu >= 1.0:  # u = +inf: everything transported
-        sig = xp.ones_like(a) if real is None else real * 1.0
+        if real is None:
+            sig = xp.ones_like(a)
+        else:
+            sig = real * 1.0 if xp is np else real.to(torch.float64)
         return sig, xp.zeros_like(a), inv_n
-    x = a + u[:, None]
+    x = torch.as_tensor(a) + torch.as_tensor(u).unsqueeze(1)
+    sig, sigc = torch.sigmoid(x), torch.sigmoid(-x)  # torch: far faster exp than numpy
     if xp is np:
-        with np.errstate(over="ignore"):  # exp(+-inf or > 709) = inf gives the right limit
-            sig, sigc = 1.0 / (1.0 + np.exp(-x)), 1.0 / (1.0 + np.exp(x))
-    else:
-        sig, sigc = torch.sigmoid(x), torch.sigmoid(-x)
+        sig, sigc = sig.numpy(), sigc.numpy()
     if real is not None:
         sigc = sigc * real
     return sig, sigc, inv_n
@@ -351,9 +336,9 @@ class _ExactTransport(torch.autograd.Function):
     Input: the cost in (B, n, m) layout (padded rows already finite). Outputs: weights p (B, n),
     rho (B, n), marginals z (B, m) and, when asked, the plan in (B, n, m) layout.
 
-    The (B, n) algebra (root, sigmoids, implicit derivative) runs in float64, in numpy on CPU
-    (many tiny vector operations, where numpy's per-call overhead is far below torch's) and in
-    torch on other devices; the (B, n, m) work runs in torch in the input dtype.
+    The (B, n) algebra (root, sigmoids, implicit derivative) runs in float64: its many small
+    arithmetic steps in numpy on CPU (numpy's per-call overhead is far below torch's) and in torch
+    on other devices; transcendental functions and all (B, n, m) work run in torch.
     """
 
     @staticmethod
