@@ -221,3 +221,30 @@ def test_errors_for_bad_halves_and_options():
         ZeroShotLoss(num_classes=5, embed_dim=3, split="halves")
     with pytest.raises(InputError, match="ridge must be > 0"):
         ZeroShotLoss(num_classes=5, embed_dim=3, ridge=0)
+
+
+# --------------------------------------------------------------------------- with every engine loss
+def test_zero_shot_trains_with_every_engine_loss():
+    """(1 - λ) L_DML + λ L_ZS through the engine's TrainModule: finite, and gradients reach the
+    prototypes, the class table and the backbone for every DML loss of the factory."""
+    pytest.importorskip("gspdml.pooling.gsp")
+    from gspdml.engine.trainer import TrainModule
+    from gspdml.losses.factory import LOSSES, build_loss
+    from gspdml.models import build_model
+
+    labels = torch.arange(4).repeat_interleave(3)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 20, (labels.numel(), 10), generator=g)
+    for name in LOSSES:
+        torch.manual_seed(0)
+        model = build_model(backbone="token_embedding", backbone_kwargs={"num_tokens": 20, "dim": 8}, local_dim=8,
+                            pooling="gsp", pooling_kwargs={"num_prototypes": 3, "init": "random"})
+        module = TrainModule(model, build_loss(name, num_classes=4, embedding_dim=8),
+                             ZeroShotLoss(num_classes=4, embed_dim=8), zs_weight=0.1)
+        total, parts = module(tokens, None, labels)
+        assert torch.isfinite(total) and torch.isfinite(parts["loss_zs"]), name
+        torch.testing.assert_close(total.detach(), 0.9 * parts["loss_dml"] + 0.1 * parts["loss_zs"])
+        total.backward()
+        assert module.zero_shot.class_embeddings.grad.abs().sum() > 0, name
+        assert model.pooling.prototypes.grad.abs().sum() > 0, name
+        assert model.backbone.embedding.weight.grad.abs().sum() > 0, name
