@@ -30,8 +30,8 @@ cross-entropy (eq. 4.4 is exactly this cross-entropy, written as
     L_ZS     = ½ (ℓ_{1→2} + ℓ_{2→1})
 
 i.e. the *mean* of the two directions (eq. 4.4 writes their sum; the mean keeps the loss on the
-scale of a single cross-entropy, like the authors' code, which averages over the whole batch, and
-the two differ only by the constant factor 2 absorbed by the mixing weight λ). The total
+scale of a single cross-entropy, like the authors' code, which averages over the whole batch; the
+sum is exactly twice this value, so to reproduce it literally double λ's effect on L_ZS). The total
 training loss is ``(1 − λ) L_DML + λ L_ZS`` with ``λ = 0.1`` (done by the engine).
 
 With ``mu = 1`` the GSP layer is global average pooling, and its marginals still give attribute
