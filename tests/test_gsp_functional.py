@@ -135,6 +135,11 @@ def test_mu_one_gives_average_pooling_weights():
     # the plan is the column-wise softmax of -eps c, scaled by 1/n
     soft = torch.softmax(-5.0 * c, dim=1) / 9
     assert torch.allclose(res.plan, soft, rtol=0, atol=1e-16)
+    # with padding: uniform over the real features only
+    mask = torch.tensor([[True] * 5 + [False] * 4, [True] * 9])
+    masked = partial_transport(c, 1.0, 5.0, mask=mask)
+    assert torch.allclose(masked.weights[0], torch.tensor([0.2] * 5 + [0.0] * 4, dtype=torch.float64), atol=1e-16)
+    assert masked.weights.dtype == torch.float64
     # just below 1 the solution is continuous
     near = partial_transport(c, 1.0 - 1e-9, 5.0)
     assert torch.allclose(near.weights, res.weights, rtol=0, atol=1e-8)

@@ -282,13 +282,24 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
         stats = torch.stack([a.amax(1), a.amin(1), a.mean(1), count.double()])
     a_max, a_min, a_mean, cnt = stats.cpu().numpy()
     lo, hi = logit_mu - a_max, logit_mu - a_min
-    u = logit_mu - a_mean
+    u = np.array(logit_mu - a_mean, dtype=np.float64)
     target = mu * cnt
     tol = 2.0 * resolution
     x = torch.empty_like(a)
+    on_cpu = a.device.type == "cpu"
+    if on_cpu:  # numpy views of torch buffers: no conversions inside the loop
+        u_t = torch.from_numpy(u)
+        sums_t = torch.empty((2, B), dtype=torch.float64)
+        sums = sums_t.numpy()
     for _ in range(_NEWTON_MAX_ITERS):
-        torch.add(a, torch.from_numpy(u).to(a.device).unsqueeze(1), out=x).sigmoid_()
-        F, Q = torch.stack([x.sum(1), torch.linalg.vector_norm(x, dim=1)]).cpu().numpy()
+        if on_cpu:
+            torch.add(a, u_t.unsqueeze(1), out=x).sigmoid_()
+            torch.sum(x, 1, out=sums_t[0])
+            torch.linalg.vector_norm(x, dim=1, out=sums_t[1])
+            F, Q = sums
+        else:
+            torch.add(a, torch.from_numpy(u).to(a.device).unsqueeze(1), out=x).sigmoid_()
+            F, Q = torch.stack([x.sum(1), torch.linalg.vector_norm(x, dim=1)]).cpu().numpy()
         f = F - target
         below = f < 0  # the root is above u
         lo = np.where(below, u, lo)
@@ -298,36 +309,14 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
         new = u - step
         ok = (new >= lo) & (new <= hi)
         if ok.all():
-            u = new
+            u[:] = new
             if (step * step <= tol * (1.0 + np.abs(u))).all():
                 break
         else:
-            u = np.where(ok, new, 0.5 * (lo + hi))
+            u[:] = np.where(ok, new, 0.5 * (lo + hi))
             if ((hi - lo) <= 4e-16 * (1.0 + np.abs(u))).all():
                 break
     return torch.from_numpy(u).to(a.device)
-
-
-def _sigmoid_terms(xp, a, u, count, mu: float, real):
-    """Per-feature quantities of the closed form, computed with ``xp`` (numpy on CPU, torch else).
-
-    Returns ``sigma, 1 - sigma, 1 / n`` with ``sigma_j = sigmoid(a_j + u)`` (0 at padding, and
-    ``1 - sigma`` computed as ``sigmoid(-(a_j + u))`` so that it keeps full relative precision).
-    """
-    inv_n = 1.0 / count[:, None]
-    if mu >= 1.0:  # u = +inf: everything transported
-        if real is None:
-            sig = xp.ones_like(a)
-        else:
-            sig = real * 1.0 if xp is np else real.to(torch.float64)
-        return sig, xp.zeros_like(a), inv_n
-    x = torch.as_tensor(a) + torch.as_tensor(u).unsqueeze(1)
-    sig, sigc = torch.sigmoid(x), torch.sigmoid(-x)  # torch: far faster exp than numpy
-    if xp is np:
-        sig, sigc = sig.numpy(), sigc.numpy()
-    if real is not None:
-        sigc = sigc * real
-    return sig, sigc, inv_n
 
 
 class _ExactTransport(torch.autograd.Function):
@@ -336,99 +325,86 @@ class _ExactTransport(torch.autograd.Function):
     Input: the cost in (B, n, m) layout (padded rows already finite). Outputs: weights p (B, n),
     rho (B, n), marginals z (B, m) and, when asked, the plan in (B, n, m) layout.
 
-    The (B, n) algebra (root, sigmoids, implicit derivative) runs in float64: its many small
-    arithmetic steps in numpy on CPU (numpy's per-call overhead is far below torch's) and in torch
-    on other devices; transcendental functions and all (B, n, m) work run in torch.
+    ``a``, the root and the sigmoids are computed in float64; the per-feature vectors the backward
+    pass needs are prepared here once, in the working dtype, so that the backward pass is a few
+    vector operations plus two passes over the (B, n, m) kernel.
     """
 
     @staticmethod
     def forward(ctx, ct: Tensor, real: Optional[Tensor], count: Tensor, mu: float, eps: float,
                 with_plan: bool, shift: bool):
         ctx.set_materialize_grads(False)
-        dtype, device = ct.dtype, ct.device
-        on_cpu = device.type == "cpu"
-        xp = np if on_cpu else torch
-        E, s, a = _kernel(ct, eps, shift)
+        dtype = ct.dtype
+        E, s, a = _kernel(ct, eps, shift)  # P = E / s: softmax over prototypes
         a = a.double()
         if real is not None:
             a = a.masked_fill_(~real, -math.inf)
         resolution = 2.0 ** -53 if dtype == torch.float64 else 2.0 ** -24
         u = _solve_root(a, count, mu, real is not None, resolution)
-        from_t = _from_torch(on_cpu)
-        inv_s = 1.0 / from_t(s)
-        if on_cpu:
-            a, u, cnt = a.numpy(), u.numpy(), count.numpy().astype(np.float64)
-            rl = None if real is None else real.numpy()
+        inv_n = count.to(torch.float64).reciprocal_().unsqueeze(1)  # (B, 1)
+        if mu >= 1.0:  # u = +inf: everything is transported
+            sig = torch.ones_like(a) if real is None else real.to(torch.float64)
+            sigc = torch.zeros_like(a)
         else:
-            cnt, rl = count.double(), real
-        sig, sigc, inv_n = _sigmoid_terms(xp, a, u, cnt, mu, rl)
+            x = a + u.unsqueeze(1)
+            sig = torch.sigmoid(x)
+            sigc = torch.sigmoid(x.neg_())  # 1 - sigma with full relative precision
+            if real is not None:
+                sigc.masked_fill_(~real, 0.0)
         col = sig * inv_n  # sum_i pi_ij = sigma_j / n
-        ds = sig * sigc  # sigma (1 - sigma), zero at padding
-        S = ds.sum(1)[:, None] + 1e-300  # > 0 (only 0 when every sigmoid saturated)
-        to_t = _to_torch(device, dtype)
-        weights = col * (1.0 / mu)
-        z = torch.bmm(to_t(weights * inv_s).unsqueeze(1), E).squeeze(1)
-        plan = E * to_t(col * inv_s).unsqueeze(-1) if with_plan else None
-        ctx.mu, ctx.eps, ctx.on_cpu = mu, eps, on_cpu
-        ctx.small = (sig, col, ds, S, inv_n, inv_s)
-        ctx.save_for_backward(E)
-        return to_t(weights), to_t(sigc * inv_n), z, plan
+        weights = (col * (1.0 / mu)).to(dtype)
+        rho = (sigc * inv_n).to(dtype)
+        inv_s = s.reciprocal()
+        ws = weights * inv_s
+        z = torch.bmm(ws.unsqueeze(1), E).squeeze(1)
+        plan = E * (col.to(dtype) * inv_s).unsqueeze(-1) if with_plan else None
+        if ctx.needs_input_grad[0]:
+            ds = sig * sigc  # sigma (1 - sigma), zero at padding
+            S = ds.sum(1, keepdim=True).add_(1e-300)  # > 0 (0 only if every sigmoid saturated)
+            neg_eps_inv_s = inv_s * -eps
+            ctx.mu, ctx.dtype = mu, dtype
+            # float64 (B, n) vectors; only alpha and beta meet the (B, n, m) kernel, in dtype
+            ctx.vecs = (inv_n * (1.0 / mu), inv_n, inv_s * inv_n, ds, S, sig, neg_eps_inv_s,
+                        (col * neg_eps_inv_s).to(dtype).unsqueeze(-1))
+            ctx.save_for_backward(E)
+        return weights, rho, z, plan
 
     @staticmethod
     def backward(ctx, g_w, g_rho, g_z, g_plan):
         (E,) = ctx.saved_tensors
-        sig, col, ds, S, inv_n, inv_s = ctx.small
-        mu, eps, on_cpu = ctx.mu, ctx.eps, ctx.on_cpu
-        dtype, device = E.dtype, E.device
-        from_t = _from_torch(on_cpu)
-        # P = E / s = softmax over prototypes. H_ij: gradient on pi_ij (z_i = sum_j pi_ij / mu);
-        # v_j = sum_i P_ij H_ij / n
+        c_w, c_rho, c_v, ds, S, sig, neg_eps_inv_s, beta = ctx.vecs
+        mu, dtype = ctx.mu, ctx.dtype
+        # H_ij: gradient on pi_ij (z_i = sum_j pi_ij / mu); v_j = sum_i P_ij H_ij / n, P = E / s
         H = v = None
         if g_plan is not None:
-            H = g_plan if g_z is None else g_plan + (g_z / mu).unsqueeze(1)
-            v = from_t(torch.linalg.vecdot(E, H)) * (inv_s * inv_n)
+            H = g_plan if g_z is None else g_plan + (g_z * (1.0 / mu)).unsqueeze(1)
+            v = torch.linalg.vecdot(E, H) * c_v
         elif g_z is not None:
-            # E @ g_z as (1 x m) @ (m x n): the fast orientation for batched mat-vec on CPU
-            v = from_t(torch.bmm(g_z.unsqueeze(1), E.transpose(1, 2)).squeeze(1)) * (inv_s * inv_n / mu)
-        # gradient on sigma: p = sigma/(n mu), rho = (1 - sigma)/n, plus the plan/marginal part v
+            H = (g_z * (1.0 / mu)).unsqueeze(1)  # rank one: (B, 1, m)
+            # E @ H as (1 x m) @ (m x n): the fast orientation for batched mat-vec on CPU
+            v = torch.bmm(H, E.transpose(1, 2)).squeeze(1) * c_v
+        # gradient on sigma: p = sigma / (n mu), rho = (1 - sigma) / n, plus the plan part v
         g_sig = v
         if g_w is not None:
-            t = from_t(g_w) * (inv_n / mu)
-            g_sig = t if g_sig is None else g_sig + t
+            g_sig = g_w * c_w if g_sig is None else torch.addcmul(g_sig, g_w, c_w)
         if g_rho is not None:
-            t = from_t(g_rho) * inv_n
-            g_sig = -t if g_sig is None else g_sig - t
+            g_sig = -(g_rho * c_rho) if g_sig is None else torch.addcmul(g_sig, g_rho, c_rho, value=-1.0)
         if g_sig is None:
             return None, None, None, None, None, None, None
         # implicit derivative of the root: g_a = ds (g_sig - lam), lam = <g_sig, ds> / sum(ds)
-        lam = (g_sig * ds).sum(1)[:, None] / S
-        alpha = ds * (g_sig - lam)
+        lam = (g_sig * ds).sum(1, keepdim=True).div_(S)
+        alpha = (g_sig - lam).mul_(ds)
         if v is not None:
-            alpha = alpha - sig * v
-        # dLoss/dc_ij = -eps P_ij (alpha_j + beta_j H_ij), beta = sigma / n, P = E / s
-        to_t = _to_torch(device, dtype)
-        alpha = to_t(alpha * (-eps * inv_s)).unsqueeze(-1)
-        if H is None and g_z is None:
+            alpha.addcmul_(sig, v, value=-1.0)
+        # dLoss/dc_ij = -eps P_ij (alpha_j + beta_j H_ij) with P = E / s
+        alpha = alpha.mul_(neg_eps_inv_s).to(dtype).unsqueeze(-1)
+        if H is None:
             grad = E * alpha
+        elif g_plan is None:
+            grad = torch.baddbmm(alpha, beta, H).mul_(E)
         else:
-            beta = to_t(col * (-eps * inv_s)).unsqueeze(-1)
-            if H is not None:
-                grad = torch.addcmul(alpha, beta, H).mul_(E)
-            else:
-                grad = torch.baddbmm(alpha, beta, (g_z / mu).unsqueeze(1)).mul_(E)
+            grad = torch.addcmul(alpha, beta, H).mul_(E)
         return grad, None, None, None, None, None, None
-
-
-def _to_torch(device, dtype):
-    if device.type == "cpu":
-        return lambda x: torch.from_numpy(x).to(dtype)
-    return lambda x: x.to(dtype)
-
-
-def _from_torch(on_cpu: bool):
-    if on_cpu:
-        return lambda t: t.detach().double().numpy()
-    return lambda t: t.double()
 
 
 # ---------------------------------------------------------------------------------------------
