@@ -15,7 +15,7 @@ def test_synthetic_embeddings_shape_and_class_sizes():
 
 
 def test_bench_eval_runs_both_implementations_and_they_agree():
-    res = bench_eval(num=800, dim=16, num_classes=140, repeats=1)
+    res = bench_eval(num=800, dim=128, num_classes=140, repeats=1)
     assert res["max_abs_difference"] < 1e-6
     assert res["ours_s"] > 0 and res["naive_s"] > 0
     assert 0.05 < res["metrics"]["map_at_r"] < 0.95  # clusters are noisy enough to be informative
