@@ -299,3 +299,18 @@ def test_all_configurations_run_and_backprop():
             (out.sum() + d["marginals"].pow(2).sum()).backward()
         assert pool.is_initialized
         assert torch.isfinite(x.grad).all() and torch.isfinite(pool.prototypes.grad).all()
+
+
+def test_benchmark_times_what_the_module_computes():
+    from gspdml.bench.gsp import EPS, MU, floor_pool, gsp_pool
+
+    pool = make(dim=8, m=4, mu=MU, eps=EPS)
+    x = torch.randn(3, 6, 8)
+    for solver in ("exact", "fixed_point"):
+        pool.solver = solver
+        out, d = pool(x, return_details=True)
+        pooled, z = gsp_pool(x, pool.prototypes, solver)
+        assert torch.allclose(pooled, out, atol=1e-6) and torch.allclose(z, d["marginals"], atol=1e-6)
+    # the floor uses the same cost: its weights are the mean cost over prototypes
+    want = torch.einsum("bn,bnc->bc", naive_cost(x, pool.prototypes.detach()).mean(1), x)
+    assert torch.allclose(floor_pool(x, pool.prototypes), want, atol=1e-5)

@@ -17,6 +17,7 @@ gradients) on a clustered eps = 20 case, where the fixed point converges slowly.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -46,8 +47,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default 0: leave torch's default)")
     parser.add_argument("--out", default="bench_results/gsp.json", help="JSON output path")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's default malloc thresholds (see benchmarks/README.md)")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 1 unless exact <= 1.3x floor and exact < fixed_point everywhere")
+
+
+def tune_glibc_malloc() -> bool:
+    """Keep large freed blocks in the heap instead of returning them to the OS.
+
+    With glibc's defaults every multi-megabyte temporary is mmap-ed and unmapped again, so each
+    step page-faults its memory back in, and how often depends on the order of allocations rather
+    than on the method measured (the effect tcmalloc/jemalloc remove). Returns whether it applied.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024) == 1
+        return bool(ok and libc.mallopt(m_trim_threshold, 1 << 30) == 1)
+    except (OSError, AttributeError):
+        return False
 
 
 def _sync(device: torch.device) -> None:
@@ -188,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc_tuned = False if args.system_malloc else tune_glibc_malloc()
     gen = torch.Generator().manual_seed(0)
     rows = []
     for shape in tqdm(SHAPES, desc="bench gsp", unit="shape"):
@@ -208,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "repeats": repeats,
+        "glibc_malloc_tuned": malloc_tuned,
         "mu": MU, "eps": EPS, "fixed_point_iters": ITERS,
         "rows": rows,
         "fixed_point_accuracy": accuracy,
@@ -217,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"GSP forward+backward on {device} ({device_name}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s), median of {repeats} repeats, mu={MU}, eps={EPS}")
+          f"{torch.get_num_threads()} thread(s), median of {repeats} repeats, mu={MU}, eps={EPS}"
+          + (", glibc malloc tuned" if malloc_tuned else ""))
     print(format_table(rows))
     print(f"fixed_point({accuracy['iters']}) vs exact on {accuracy['case']}: relative weight error "
           f"{accuracy['weight_rel_error']:.2e}, relative gradient error {accuracy['grad_rel_error']:.2e}")
