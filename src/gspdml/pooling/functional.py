@@ -119,12 +119,12 @@ class _L2Cost(torch.autograd.Function):
         d = d.view(B, n, m)
         # exact zeros (coincident points) need the zero subgradient; detect them cheaply on CPU
         ctx.zero_check = "where" if d.device.type != "cpu" else bool(d.amin() <= 0.0)
-        ctx.save_for_backward(fb, f_inv, f_big, wb, w_inv, w_big, d)
+        ctx.save_for_backward(fb, f_inv, f_big, fsq, wb, w_inv, w_big, wsq, d)
         return d
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        fb, f_inv, f_big, wb, w_inv, w_big, d = ctx.saved_tensors
+        fb, f_inv, f_big, fsq, wb, w_inv, w_big, wsq, d = ctx.saved_tensors
         B, n, D = fb.shape
         m = wb.shape[0]
         # d d_ji / d fb_j = (fb_j - wb_i) / d_ji
@@ -138,8 +138,17 @@ class _L2Cost(torch.autograd.Function):
         f2 = fb.view(B * n, D)
         grad_f = grad_w = None
         if ctx.needs_input_grad[0]:
-            gfb = torch.addmm(f2 * g2.sum(-1, keepdim=True), g2, wb, alpha=-1.0).view(B, n, D)
-            grad_f = _normalize_rows_backward(gfb, fb, f_inv, f_big)
+            # grad wrt fb: fb_j rs_j - M_j with M = g @ wb; then the normalisation backward
+            # inv (y - fb (fb . y) [|f| > 1]). The row dots fb_j . M_j are taken from (B, n, m)
+            # quantities: fb_j . wb_i = (|fb_j|^2 + |wb_i|^2 - d_ji^2) / 2 and g d^2 = grad d,
+            # which saves several passes over the (B, n, D) features.
+            rs = g2.sum(-1, keepdim=True)
+            fsq2 = fsq.view(B * n, 1)
+            gd = torch.linalg.vecdot(grad, d).reshape(B * n, 1)
+            dot = (fsq2 * rs + torch.mv(g2, wsq.view(m)).unsqueeze(1) - gd) * 0.5
+            k = (fsq2 * rs - dot) * f_big.view(B * n, 1)
+            inv = f_inv.view(B * n, 1)
+            grad_f = torch.mm(g2, wb).mul_(-inv).addcmul_(f2, (rs - k) * inv).view(B, n, D)
         if ctx.needs_input_grad[1]:
             gwb = torch.addmm(wb * g2.sum(0).unsqueeze(-1), g2.t(), f2, alpha=-1.0)
             grad_w = _normalize_rows_backward(gwb, wb, w_inv, w_big)
