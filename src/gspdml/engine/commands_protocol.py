@@ -16,13 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
+    from gspdml.engine.runs import console_logging
     from gspdml.config import load_config
     from gspdml.evaluation.protocol import format_table, run_protocol
 
     cfg = load_config(args.config, list(args.overrides or []))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console_logging()
     result = run_protocol(cfg, repeats=args.repeats, progress=not args.no_progress, out_dir=args.out,
                           folds=args.folds)
     print(format_table(result.summary))

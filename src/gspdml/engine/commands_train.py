@@ -38,12 +38,11 @@ def resolve_config(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
+    from gspdml.engine.runs import console_logging
     from gspdml.engine.trainer import train
 
     cfg = resolve_config(args)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console_logging()
     result = train(cfg, progress=not args.no_progress, resume=args.resume)
     print(f"run folder: {result.run_dir}")
     print(f"steps: {result.steps}  epochs: {result.epochs}  stopped early: {result.stopped_early}")

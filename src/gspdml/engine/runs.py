@@ -142,3 +142,14 @@ class RunFolder:
             self.logger.removeHandler(self._handler)
             self._handler.close()
             self._handler = None
+
+
+def console_logging(level: int = logging.INFO) -> None:
+    """Show gspdml's log messages on stderr (CLI use); other libraries' loggers stay quiet."""
+    root = logging.getLogger("gspdml")
+    if not any(getattr(h, "_gspdml_console", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._gspdml_console = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
