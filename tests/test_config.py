@@ -151,3 +151,18 @@ def test_paper_configs_are_in_sync_with_the_generator():
 def test_override_into_a_scalar_is_reported():
     with pytest.raises(ConfigError, match="'name' is not a section"):
         apply_overrides({"loss": {"name": "MS"}}, ["loss.name.x=1"])
+
+
+def test_shipped_configs_name_registered_components():
+    from gspdml.data import DATASETS
+    from gspdml.losses import LOSSES
+    from gspdml.models import BACKBONES
+    from gspdml.pooling.registry import POOLINGS
+
+    losses = {k.lower() for k in LOSSES}
+    for f in sorted(CONFIGS.glob("*.yaml")):
+        cfg = load_config(f)
+        assert cfg.data.dataset in DATASETS, f
+        assert cfg.model.backbone in BACKBONES, f
+        assert cfg.model.pooling in POOLINGS, f
+        assert cfg.loss.name.lower() in losses, f
