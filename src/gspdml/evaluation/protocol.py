@@ -104,6 +104,11 @@ def run_protocol(
         raise ConfigError(f"run_protocol needs a TrainConfig, got {type(cfg).__name__}")
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "gspdml protocol runs in a single process; under torchrun train each fold with "
+            "`gspdml train --config ... data.fold=K train.seed=S` (one multi-GPU run per fold)"
+        )
     num_folds = cfg.data.num_folds
     fold_ids = list(range(num_folds)) if folds is None else list(folds)
     bad = [k for k in fold_ids if not 0 <= k < num_folds]
