@@ -274,8 +274,8 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
     replaced by bisection, so it always converges, and quadratically near the root (3-6 steps
     from ``logit(mu) - mean(a)`` in practice). Near the root the error after a step ``h`` is at
     most ``h^2 / 2`` (``|F''| <= F'`` for sums of sigmoids), so it stops once that bound is below
-    ``resolution * (1 + |u|)``: float64 round-off by default, float32's for float32 outputs (the
-    inputs ``a`` carry that much error already), which saves one Newton step.
+    ``resolution``: float64 round-off by default, float32's for float32 outputs (the inputs ``a``
+    carry that much error already), which saves one Newton step.
     The (B, n) sigmoid sums run in torch (fast vectorised exp), the bookkeeping of the B scalars
     (bracket, safeguard, stopping rule) in numpy, whose per-call cost is far below torch's.
     """
@@ -283,19 +283,29 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
     if mu >= 1.0:
         return torch.full((B,), math.inf, dtype=torch.float64, device=a.device)
     logit_mu = math.log(mu) - math.log1p(-mu)
-    if padded:
-        real = torch.isfinite(a)
-        stats = torch.stack([a.amax(1), a.masked_fill(~real, math.inf).amin(1),
-                             a.masked_fill(~real, 0.0).sum(1) / count, count.double()])
+    on_cpu = a.device.type == "cpu"
+    if on_cpu:
+        a_np, cnt = a.numpy(), count.numpy().astype(np.float64)
+        if padded:
+            real = np.isfinite(a_np)
+            a_max = a_np.max(1)
+            a_min = np.where(real, a_np, np.inf).min(1)
+            a_mean = np.where(real, a_np, 0.0).sum(1) / cnt
+        else:
+            a_max, a_min, a_mean = a_np.max(1), a_np.min(1), a_np.mean(1)
     else:
-        stats = torch.stack([a.amax(1), a.amin(1), a.mean(1), count.double()])
-    a_max, a_min, a_mean, cnt = stats.cpu().numpy()
+        if padded:
+            real = torch.isfinite(a)
+            stats = torch.stack([a.amax(1), a.masked_fill(~real, math.inf).amin(1),
+                                 a.masked_fill(~real, 0.0).sum(1) / count, count.double()])
+        else:
+            stats = torch.stack([a.amax(1), a.amin(1), a.mean(1), count.double()])
+        a_max, a_min, a_mean, cnt = stats.cpu().numpy()
     lo, hi = logit_mu - a_max, logit_mu - a_min
     u = np.array(logit_mu - a_mean, dtype=np.float64)
     target = mu * cnt
-    tol = 2.0 * resolution
+    step_tol = math.sqrt(2.0 * resolution)  # error after the step <= step^2 / 2 <= resolution
     x = torch.empty_like(a)
-    on_cpu = a.device.type == "cpu"
     if on_cpu:  # numpy views of torch buffers: no conversions inside the loop
         u_t = torch.from_numpy(u)
         sums_t = torch.empty((2, B), dtype=torch.float64)
@@ -319,7 +329,7 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
         ok = (new >= lo) & (new <= hi)
         if ok.all():
             u[:] = new
-            if (step * step <= tol * (1.0 + np.abs(u))).all():
+            if np.abs(step).max() <= step_tol:
                 break
         else:
             u[:] = np.where(ok, new, 0.5 * (lo + hi))
@@ -334,9 +344,9 @@ class _ExactTransport(torch.autograd.Function):
     Input: the cost in (B, n, m) layout (padded rows already finite). Outputs: weights p (B, n),
     rho (B, n), marginals z (B, m) and, when asked, the plan in (B, n, m) layout.
 
-    ``a``, the root and the sigmoids are computed in float64; the per-feature vectors the backward
-    pass needs are prepared here once, in the working dtype, so that the backward pass is a few
-    vector operations plus two passes over the (B, n, m) kernel.
+    ``a``, the root and the sigmoids are computed in float64 (then rounded once to the working
+    dtype); the per-feature vectors the backward pass needs are prepared here once, so that the
+    backward pass is a few vector operations plus two passes over the (B, n, m) kernel.
     """
 
     @staticmethod
@@ -350,31 +360,29 @@ class _ExactTransport(torch.autograd.Function):
             a = a.masked_fill_(~real, -math.inf)
         resolution = 2.0 ** -53 if dtype == torch.float64 else 2.0 ** -24
         u = _solve_root(a, count, mu, real is not None, resolution)
-        inv_n = count.to(torch.float64).reciprocal_().unsqueeze(1)  # (B, 1)
+        inv_n = count.to(dtype).reciprocal_().unsqueeze(1)  # (B, 1)
         if mu >= 1.0:  # u = +inf: everything is transported
-            sig = torch.ones_like(a) if real is None else real.to(torch.float64)
-            sigc = torch.zeros_like(a)
+            sig = torch.ones_like(E[..., 0]) if real is None else real.to(dtype)
+            sigc = torch.zeros_like(sig)
         else:
-            x = a + u.unsqueeze(1)
-            sig = torch.sigmoid(x)
-            sigc = torch.sigmoid(x.neg_())  # 1 - sigma with full relative precision
+            x = a + u.unsqueeze(1)  # float64; the sigmoids are rounded once to dtype
+            sig = torch.sigmoid(x).to(dtype)
+            sigc = torch.sigmoid(x.neg_()).to(dtype)  # 1 - sigma with full relative precision
             if real is not None:
                 sigc.masked_fill_(~real, 0.0)
         col = sig * inv_n  # sum_i pi_ij = sigma_j / n
-        weights = (col * (1.0 / mu)).to(dtype)
-        rho = (sigc * inv_n).to(dtype)
+        weights = col * (1.0 / mu)
+        rho = sigc * inv_n
         inv_s = s.reciprocal()
-        ws = weights * inv_s
-        z = torch.bmm(ws.unsqueeze(1), E).squeeze(1)
-        plan = E * (col.to(dtype) * inv_s).unsqueeze(-1) if with_plan else None
+        z = torch.bmm((weights * inv_s).unsqueeze(1), E).squeeze(1)
+        plan = E * (col * inv_s).unsqueeze(-1) if with_plan else None
         if ctx.needs_input_grad[0]:
             ds = sig * sigc  # sigma (1 - sigma), zero at padding
-            S = ds.sum(1, keepdim=True).add_(1e-300)  # > 0 (0 only if every sigmoid saturated)
-            neg_eps_inv_s = inv_s * -eps
-            ctx.mu, ctx.dtype = mu, dtype
-            # float64 (B, n) vectors; only alpha and beta meet the (B, n, m) kernel, in dtype
-            ctx.vecs = (inv_n * (1.0 / mu), inv_n, inv_s * inv_n, ds, S, sig, neg_eps_inv_s,
-                        (col * neg_eps_inv_s).to(dtype).unsqueeze(-1))
+            S = ds.sum(1, keepdim=True).clamp_min_(torch.finfo(dtype).tiny)  # 0 only if all saturated
+            neg_eps_inv_s = inv_s.mul_(-eps)
+            ctx.mu = mu
+            ctx.vecs = (inv_n * (1.0 / mu), inv_n, neg_eps_inv_s * (-1.0 / eps) * inv_n, ds, S, sig,
+                        neg_eps_inv_s, (col * neg_eps_inv_s).unsqueeze(-1))
             ctx.save_for_backward(E)
         return weights, rho, z, plan
 
@@ -382,7 +390,7 @@ class _ExactTransport(torch.autograd.Function):
     def backward(ctx, g_w, g_rho, g_z, g_plan):
         (E,) = ctx.saved_tensors
         c_w, c_rho, c_v, ds, S, sig, neg_eps_inv_s, beta = ctx.vecs
-        mu, dtype = ctx.mu, ctx.dtype
+        mu = ctx.mu
         # H_ij: gradient on pi_ij (z_i = sum_j pi_ij / mu); v_j = sum_i P_ij H_ij / n, P = E / s
         H = v = None
         if g_plan is not None:
@@ -406,7 +414,7 @@ class _ExactTransport(torch.autograd.Function):
         if v is not None:
             alpha.addcmul_(sig, v, value=-1.0)
         # dLoss/dc_ij = -eps P_ij (alpha_j + beta_j H_ij) with P = E / s
-        alpha = alpha.mul_(neg_eps_inv_s).to(dtype).unsqueeze(-1)
+        alpha = alpha.mul_(neg_eps_inv_s).unsqueeze(-1)
         if H is None:
             grad = E * alpha
         elif g_plan is None:
