@@ -133,7 +133,10 @@ def test_prototype_colors_are_distinct_and_stable():
         assert colors.shape == (m, 4)
         assert len({tuple(np.round(c, 6)) for c in colors}) == m
     np.testing.assert_array_equal(prototype_colors(8), prototype_colors(8))
-    np.testing.assert_array_equal(prototype_colors(8), prototype_colors(10)[:8])
+    np.testing.assert_array_equal(prototype_colors(8), prototype_colors(9)[:8])
+    for m in (9, 18):  # no grey (equal r, g, b) in the qualitative palettes
+        rgb = prototype_colors(m)[:, :3]
+        assert (rgb.max(1) - rgb.min(1) > 0.05).all()
 
 
 # ------------------------------------------------------------------------------- CLI on a checkpoint

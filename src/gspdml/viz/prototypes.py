@@ -23,16 +23,18 @@ __all__ = ["prototype_colors", "plot_prototype_histograms", "class_prototype_his
 
 
 def prototype_colors(num_prototypes: int) -> np.ndarray:
-    """A fixed RGBA colour per prototype index, shape (m, 4) (tab10 / tab20 / turbo by size)."""
+    """A fixed RGBA colour per prototype index, shape (m, 4) (tab10 / tab20 without greys, else turbo)."""
     from matplotlib import colormaps
 
     m = int(num_prototypes)
     if m < 1:
         raise InputError(f"num_prototypes must be >= 1; got {num_prototypes!r}")
-    for name, size in (("tab10", 10), ("tab20", 20)):
-        if m <= size:
-            rgb = np.asarray(colormaps[name].colors, dtype=np.float64)[:m, :3]
-            return np.concatenate([rgb, np.ones((m, 1))], axis=1)
+    # qualitative palettes without their greys (grey marks the non-dominant bars)
+    for name, greys in (("tab10", (7,)), ("tab20", (14, 15))):
+        rgb = np.asarray(colormaps[name].colors, dtype=np.float64)[:, :3]
+        rgb = np.delete(rgb, greys, axis=0)
+        if m <= len(rgb):
+            return np.concatenate([rgb[:m], np.ones((m, 1))], axis=1)
     return colormaps["turbo"](np.linspace(0.05, 0.95, m))
 
 
@@ -90,7 +92,7 @@ def plot_prototype_histograms(
     ncols = int(ncols or min(num_classes, 5))
     nrows = math.ceil(num_classes / ncols)
     colors = prototype_colors(m)
-    grey = np.array([0.75, 0.75, 0.75, 1.0])
+    grey = np.array([0.8, 0.8, 0.8, 1.0])
     ymax = max(float(z.max()) * 1.1, 1e-6)
 
     fig = Figure(figsize=(max(2.2 * ncols, 4.0), 1.9 * nrows + (0.5 if title else 0.2)), layout="constrained")
