@@ -99,11 +99,16 @@ def run_all(out=None, quick: bool = False, full: bool = False, seeds: int | None
     token_methods = ("GAP", "GSP")
     digit_methods = budget.digits_methods
     sweep_grids = [g for g in budget.sweep_grids if g != 3]
-    total = len(seed_list) * (len(token_methods) + len(digit_methods) + len(sweep_grids) * len(budget.sweep_methods))
+    sweep_seed_list = seed_list[: budget.sweep_seeds]
+    total = (len(seed_list) * (len(token_methods) + len(digit_methods))
+             + len(sweep_seed_list) * len(sweep_grids) * len(budget.sweep_methods))
     bar = tqdm(total=total, desc="gspdml demo", unit="run", disable=not progress)
 
     def note(text: str) -> None:
-        (bar.write if progress else print)(text)
+        if progress:
+            bar.write(text)
+        else:
+            print(text, flush=True)
 
     results: dict = {}
     figures: dict[str, str] = {}
@@ -146,10 +151,10 @@ def run_all(out=None, quick: bool = False, full: bool = False, seeds: int | None
                                 samples_per_class=budget.digits_test_per_class, seed=0)
         return train_ds, test_ds
 
-    def run_digits(methods, grid: int, train_ds, test_ds) -> list:
+    def run_digits(methods, grid: int, train_ds, test_ds, seeds) -> list:
         runs = []
         for method in methods:
-            for seed in seed_list:
+            for seed in seeds:
                 bar.set_postfix_str(f"digits {grid}x{grid} {method} seed {seed}")
                 r = run_method("digits", method, digits_config(method, budget, seed, device, grid), train_ds,
                                test_ds, digits_target_mask, progress=progress, grid=grid)
@@ -163,7 +168,7 @@ def run_all(out=None, quick: bool = False, full: bool = False, seeds: int | None
         return runs
 
     dig_train, dig_test = digits_data(3)
-    dig_runs = run_digits(digit_methods, 3, dig_train, dig_test)
+    dig_runs = run_digits(digit_methods, 3, dig_train, dig_test, seed_list)
     dig_summary = summarize_runs(dig_runs)
     results["digits"] = {
         "summary": dig_summary, "train_size": len(dig_train), "test_size": len(dig_test),
@@ -176,11 +181,15 @@ def run_all(out=None, quick: bool = False, full: bool = False, seeds: int | None
 
     # ---- 3. clutter sweep (--full) ---------------------------------------------------------
     if budget.sweep_grids:
-        summaries = {3: {m: dig_summary[m] for m in budget.sweep_methods}}
+        # the 3x3 point reuses the main study's runs of the same seeds
+        summaries = {3: summarize_runs([r for r in dig_runs if r.method in budget.sweep_methods
+                                        and r.seed in sweep_seed_list])}
         for grid in sweep_grids:
             train_ds, test_ds = digits_data(grid)
-            summaries[grid] = summarize_runs(run_digits(budget.sweep_methods, grid, train_ds, test_ds))
-        results["sweep"] = {"summaries": {str(g): s for g, s in sorted(summaries.items())}}
+            summaries[grid] = summarize_runs(run_digits(budget.sweep_methods, grid, train_ds, test_ds,
+                                                        sweep_seed_list))
+        results["sweep"] = {"summaries": {str(g): s for g, s in sorted(summaries.items())},
+                            "seeds": sweep_seed_list}
         figures["clutter_sweep"] = rep.plot_clutter_sweep(summaries, folder / "clutter_sweep.png").name
     bar.close()
 

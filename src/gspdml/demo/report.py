@@ -129,14 +129,15 @@ def _weights_sentence(summary: dict[str, dict], method: str) -> str:
         return ""
     t, b = entry["mean"]["target_rel"], entry["mean"]["background_rel"]
     mass, uni = entry["mean"]["target_mass"], entry["mean"]["target_mass_uniform"]
-    if t > 1.0 and b < 1.0:
-        kind = "soft selection: target locations get more weight than under GAP, background less, but background is not switched off"
+    if abs(t - 1.0) < 0.05 and abs(b - 1.0) < 0.05:
+        kind = "the weights are practically uniform (no selection)"
+    elif t > 1.0 and b < 1.0:
+        kind = ("soft selection: target locations get more weight than under GAP and background less, "
+                "but the background is not switched off")
         if b < 0.1:
             kind = "near-hard selection: background locations get almost no weight"
-    elif t <= 1.0:
-        kind = "no selection of the targets: target locations get no more weight than under GAP"
     else:
-        kind = "mixed"
+        kind = "no selection of the targets: target locations get no more weight than under GAP"
     return (f"{method}: a target location gets {t:.2f}x the uniform (GAP) weight, a background location "
             f"{b:.2f}x; the targets hold {mass:.0%} of the total weight where uniform pooling gives them "
             f"{uni:.0%}: {kind}.")
@@ -215,7 +216,8 @@ def write_report(path: str | os.PathLike, results: dict, figures: dict[str, str]
     if sweep:
         add("## 3. Clutter sweep\n")
         add("The same study with 2x2, 3x3 and 4x4 grids (always two target digits): the background share is "
-            "50 %, 78 % and 88 % of the image.\n")
+            f"50 %, 78 % and 88 % of the image. Seeds {', '.join(map(str, sweep.get('seeds', [])))} "
+            "(the 3x3 row reuses the main study's runs of these seeds).\n")
         add("| grid | background share | GAP MAP@R | GSP MAP@R | GSP - GAP |")
         add("|---|---|---|---|---|")
         for g in sorted(sweep["summaries"], key=int):

@@ -69,21 +69,23 @@ class Budget:
     sweep_grids: tuple[int, ...] = ()
     digits_methods: tuple[str, ...] = ("GAP", "GSP", "GSP+L_ZS")
     sweep_methods: tuple[str, ...] = ("GAP", "GSP")
+    sweep_seeds: int = 3
+    """The 2x2 and 4x4 grids of the clutter sweep use the first ``sweep_seeds`` seeds (time budget)."""
     num_prototypes: int = 64
     local_dim: int = 128
 
 
 BUDGETS: dict[str, Budget] = {
-    "quick": Budget("quick", seeds=1, digits_epochs=1, digits_train_per_class=16, digits_test_per_class=8,
-                    tokens_epochs=1, tokens_train_per_class=16, tokens_test_per_class=8),
-    "quick-full": Budget("quick-full", seeds=1, digits_epochs=1, digits_train_per_class=16,
-                         digits_test_per_class=8, tokens_epochs=1, tokens_train_per_class=16,
-                         tokens_test_per_class=8, sweep_grids=(2, 3, 4),
+    "quick": Budget("quick", seeds=1, digits_epochs=1, digits_train_per_class=8, digits_test_per_class=4,
+                    tokens_epochs=1, tokens_train_per_class=8, tokens_test_per_class=4),
+    "quick-full": Budget("quick-full", seeds=1, digits_epochs=1, digits_train_per_class=8,
+                         digits_test_per_class=4, tokens_epochs=1, tokens_train_per_class=8,
+                         tokens_test_per_class=4, sweep_grids=(2, 3, 4),
                          digits_methods=("GAP", "Attention", "GSP", "GSP+L_ZS")),
-    "default": Budget("default", seeds=3, digits_epochs=12, digits_train_per_class=120,
+    "default": Budget("default", seeds=3, digits_epochs=8, digits_train_per_class=120,
                       digits_test_per_class=60, tokens_epochs=10, tokens_train_per_class=200,
                       tokens_test_per_class=50),
-    "full": Budget("full", seeds=5, digits_epochs=12, digits_train_per_class=120, digits_test_per_class=60,
+    "full": Budget("full", seeds=5, digits_epochs=8, digits_train_per_class=120, digits_test_per_class=60,
                    tokens_epochs=10, tokens_train_per_class=200, tokens_test_per_class=50,
                    sweep_grids=(2, 3, 4), digits_methods=("GAP", "Attention", "GSP", "GSP+L_ZS")),
 }
