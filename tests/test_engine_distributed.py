@@ -36,6 +36,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 "run_dir": str(res.run_dir) if res.run_dir else None}, Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow  # ~20 s, mostly DDP importing torch._dynamo once
 def test_ddp_two_cpu_processes_match_averaged_gradients(tmp_path):
     world = 2
     # import what DDP and the engine import lazily once here, so the forked children need not
