@@ -55,6 +55,7 @@ __all__ = [
 SOLVERS = ("exact", "fixed_point")
 
 _NEWTON_MAX_ITERS = 100
+_LOG2E = 1.0 / math.log(2.0)
 
 
 class TransportResult(NamedTuple):
@@ -245,11 +246,14 @@ def _kernel(ct: Tensor, eps: float, shift: bool) -> tuple[Tensor, Tensor, Tensor
     per-feature vectors, which saves a full pass over the (B, n, m) tensor. ``shift=False`` skips
     the per-row max-shift; only valid when ``eps * c`` cannot underflow (bounded costs).
     """
+    # exp(x) as exp2(x log2(e)): the same rounding of the scaled argument, and exp2 is a cheaper
+    # vectorised kernel on CPU (about 2x here)
+    scale = eps * _LOG2E
     if shift:
         cmin = ct.amin(-1, keepdim=True)
-        E = torch.sub(cmin, ct).mul_(eps).exp_()
+        E = torch.sub(cmin, ct).mul_(scale).exp2_()
     else:
-        E = torch.mul(ct, -eps).exp_()
+        E = torch.mul(ct, -scale).exp2_()
     s = E.sum(-1)
     a = torch.log(s)
     if shift:
