@@ -40,13 +40,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of seeds 0..N-1 (default 3, --full 5, --quick 1)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                         help="where to train (default cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default 1: the demo's small models gain little from more "
+                             "threads and slow down badly when the cores are shared)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``gspdml demo``."""
-    run_all(out=args.out, quick=args.quick, full=args.full, seeds=args.seeds, device=args.device,
-             progress=not args.no_progress)
+    import torch
+
+    if args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        run_all(out=args.out, quick=args.quick, full=args.full, seeds=args.seeds, device=args.device,
+                progress=not args.no_progress)
+    finally:
+        torch.set_num_threads(previous)
     return 0
 
 
