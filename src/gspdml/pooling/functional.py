@@ -311,14 +311,15 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
     step_tol = math.sqrt(2.0 * resolution)  # error after the step <= step^2 / 2 <= resolution
     x = torch.empty_like(a)
     if on_cpu:  # numpy views of torch buffers: no conversions inside the loop
-        u_t = torch.from_numpy(u)
+        u_col = torch.from_numpy(u).unsqueeze(1)
         sums_t = torch.empty((2, B), dtype=torch.float64)
+        sum_out, norm_out = sums_t[0], sums_t[1]
         sums = sums_t.numpy()
     for _ in range(_NEWTON_MAX_ITERS):
         if on_cpu:
-            torch.add(a, u_t.unsqueeze(1), out=x).sigmoid_()
-            torch.sum(x, 1, out=sums_t[0])
-            torch.linalg.vector_norm(x, dim=1, out=sums_t[1])
+            torch.add(a, u_col, out=x).sigmoid_()
+            torch.sum(x, 1, out=sum_out)
+            torch.linalg.vector_norm(x, dim=1, out=norm_out)
             F, Q = sums
         else:
             torch.add(a, torch.from_numpy(u).to(a.device).unsqueeze(1), out=x).sigmoid_()
@@ -364,7 +365,8 @@ class _ExactTransport(torch.autograd.Function):
             a = a.masked_fill_(~real, -math.inf)
         resolution = 2.0 ** -53 if dtype == torch.float64 else 2.0 ** -24
         u = _solve_root(a, count, mu, real is not None, resolution)
-        inv_n = count.to(dtype).reciprocal_().unsqueeze(1)  # (B, 1)
+        # 1/n: a number without padding, else (B, 1)
+        inv_n = 1.0 / ct.shape[1] if real is None else count.to(dtype).reciprocal_().unsqueeze(1)
         if mu >= 1.0:  # u = +inf: everything is transported
             sig = torch.ones_like(E[..., 0]) if real is None else real.to(dtype)
             sigc = torch.zeros_like(sig)
@@ -374,19 +376,19 @@ class _ExactTransport(torch.autograd.Function):
             sigc = torch.sigmoid(x.neg_()).to(dtype)  # 1 - sigma with full relative precision
             if real is not None:
                 sigc.masked_fill_(~real, 0.0)
-        col = sig * inv_n  # sum_i pi_ij = sigma_j / n
-        weights = col * (1.0 / mu)
+        weights = sig * (inv_n / mu)
         rho = sigc * inv_n
         inv_s = s.reciprocal()
         z = torch.bmm((weights * inv_s).unsqueeze(1), E).squeeze(1)
-        plan = E * (col * inv_s).unsqueeze(-1) if with_plan else None
+        plan = E * (sig * inv_n * inv_s).unsqueeze(-1) if with_plan else None
         if ctx.needs_input_grad[0]:
             ds = sig * sigc  # sigma (1 - sigma), zero at padding
             S = ds.sum(1, keepdim=True).clamp_min_(torch.finfo(dtype).tiny)  # 0 only if all saturated
+            c_v = inv_s * inv_n  # v_j = (E @ H)_j / (s_j n)
             neg_eps_inv_s = inv_s.mul_(-eps)
             ctx.mu = mu
-            ctx.vecs = (inv_n * (1.0 / mu), inv_n, neg_eps_inv_s * (-1.0 / eps) * inv_n, ds, S, sig,
-                        neg_eps_inv_s, (col * neg_eps_inv_s).unsqueeze(-1))
+            ctx.vecs = (inv_n / mu, inv_n, c_v, ds, S, sig, neg_eps_inv_s,
+                        (c_v * sig).mul_(-eps).unsqueeze(-1))  # beta = -eps sigma / (n s)
             ctx.save_for_backward(E)
         return weights, rho, z, plan
 
@@ -407,9 +409,9 @@ class _ExactTransport(torch.autograd.Function):
         # gradient on sigma: p = sigma / (n mu), rho = (1 - sigma) / n, plus the plan part v
         g_sig = v
         if g_w is not None:
-            g_sig = g_w * c_w if g_sig is None else torch.addcmul(g_sig, g_w, c_w)
+            g_sig = g_w * c_w if g_sig is None else g_sig + g_w * c_w  # (v is used again below)
         if g_rho is not None:
-            g_sig = -(g_rho * c_rho) if g_sig is None else torch.addcmul(g_sig, g_rho, c_rho, value=-1.0)
+            g_sig = g_rho * -c_rho if g_sig is None else g_sig - g_rho * c_rho
         if g_sig is None:
             return None, None, None, None, None, None, None
         # implicit derivative of the root: g_a = ds (g_sig - lam), lam = <g_sig, ds> / sum(ds)
