@@ -55,6 +55,9 @@ __all__ = [
 SOLVERS = ("exact", "fixed_point")
 
 _NEWTON_MAX_ITERS = 100
+# CPU-only shortcuts (numpy views in the Newton loop, cheap exact-zero detection in the cost).
+# Tests switch them off to run the device-generic code path (the one CUDA takes) on CPU.
+_CPU_FAST_PATHS = True
 _LOG2E = 1.0 / math.log(2.0)
 
 
@@ -119,7 +122,10 @@ class _L2Cost(torch.autograd.Function):
         d.add_(fsq.view(B * n, 1)).clamp_min_(0.0).sqrt_()
         d = d.view(B, n, m)
         # exact zeros (coincident points) need the zero subgradient; detect them cheaply on CPU
-        ctx.zero_check = "where" if d.device.type != "cpu" else bool(d.amin() <= 0.0)
+        if d.device.type == "cpu" and _CPU_FAST_PATHS:
+            ctx.zero_check = bool(d.amin() <= 0.0)
+        else:  # no host synchronisation on accelerators
+            ctx.zero_check = "where"
         ctx.save_for_backward(fb, f_inv, f_big, fsq, wb, w_inv, w_big, wsq, d)
         return d
 
@@ -287,7 +293,7 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
     if mu >= 1.0:
         return torch.full((B,), math.inf, dtype=torch.float64, device=a.device)
     logit_mu = math.log(mu) - math.log1p(-mu)
-    on_cpu = a.device.type == "cpu"
+    on_cpu = a.device.type == "cpu" and _CPU_FAST_PATHS
     if on_cpu:
         a_np, cnt = a.numpy(), count.numpy().astype(np.float64)
         if padded:
