@@ -274,7 +274,7 @@ def _needs_shift(dtype: torch.dtype, eps: float, cost_bound: Optional[float]) ->
     return eps * cost_bound > limit
 
 
-def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
+def _solve_root(a: Tensor, count: Optional[Tensor], mu: float, padded: bool,
                 resolution: float = 2.0 ** -53) -> Tensor:
     """Root ``u`` (B,) of ``sum_j sigmoid(a_j + u) = mu * count_b``; ``a`` float64 (B, n) with
     ``-inf`` at padded features, ``count`` the number of real features per sample.
@@ -295,7 +295,9 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
     logit_mu = math.log(mu) - math.log1p(-mu)
     on_cpu = a.device.type == "cpu" and _CPU_FAST_PATHS
     if on_cpu:
-        a_np, cnt = a.numpy(), count.numpy().astype(np.float64)
+        a_np = a.numpy()
+        # without padding (count None) every sample has n features
+        cnt = float(a.shape[1]) if count is None else count.numpy().astype(np.float64)
         if padded:
             real = np.isfinite(a_np)
             a_max = a_np.max(1)
@@ -304,6 +306,8 @@ def _solve_root(a: Tensor, count: Tensor, mu: float, padded: bool,
         else:
             a_max, a_min, a_mean = a_np.max(1), a_np.min(1), a_np.mean(1)
     else:
+        if count is None:
+            count = torch.full((B,), a.shape[1], dtype=torch.float64, device=a.device)
         if padded:
             real = torch.isfinite(a)
             stats = torch.stack([a.amax(1), a.masked_fill(~real, math.inf).amin(1),
@@ -361,8 +365,8 @@ class _ExactTransport(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, ct: Tensor, real: Optional[Tensor], count: Tensor, mu: float, eps: float,
-                with_plan: bool, shift: bool):
+    def forward(ctx, ct: Tensor, real: Optional[Tensor], count: Optional[Tensor], mu: float,
+                eps: float, with_plan: bool, shift: bool):
         ctx.set_materialize_grads(False)
         dtype = ct.dtype
         E, s, a = _kernel(ct, eps, shift)  # P = E / s: softmax over prototypes
@@ -567,14 +571,15 @@ def solve_t(ct: Tensor, mu: float, eps: float, *, solver: str = "exact", iters: 
     underflow.
     """
     B, n, _ = ct.shape
+    count = None
     if mask is not None:
         count = mask.sum(1)
         ct = ct.masked_fill(~mask.unsqueeze(-1), 0.0)
-    else:
-        count = torch.full((B,), n, dtype=torch.long, device=ct.device)
     shift = _needs_shift(ct.dtype, float(eps), cost_bound)
     if solver == "exact":
         return _ExactTransport.apply(ct, mask, count, float(mu), float(eps), with_plan, shift)
+    if count is None:
+        count = torch.full((B,), n, dtype=torch.long, device=ct.device)
     rho, plan = _FixedPointTransport.apply(ct, mask, count, float(mu), float(eps), int(iters), shift)
     inv_n = (1.0 / count.to(ct.dtype)).unsqueeze(1)
     weights = (inv_n - rho) / mu
