@@ -15,7 +15,7 @@ sigmoid(a_j + u)`` the optimum is
 
 where the scalar ``u`` is the unique root of the increasing function ``mean_j sigmoid(a_j + u) - mu``.
 The root is found by a bracketed, safeguarded Newton iteration in float64 (quadratic convergence,
-typically 3-6 steps to machine precision); everything is computed in the log domain, so the solver is
+typically 1-6 steps to the resolution of the dtype); everything is computed in the log domain, so the solver is
 finite and accurate for any ``eps`` (tested up to 100). The backward pass is the exact derivative of
 this closed form, with the implicit derivative ``du/da_j = -sigma_j (1 - sigma_j) / sum_k sigma_k (1 -
 sigma_k)`` of the root; it never differentiates through Newton steps and keeps no per-iteration state.
@@ -281,7 +281,7 @@ def _solve_root(a: Tensor, count: Optional[Tensor], mu: float, padded: bool,
 
     Bracketed Newton: the root lies in ``[logit(mu) - max_j a_j, logit(mu) - min_j a_j]`` (some
     sigmoid must be >= mu and some <= mu); a Newton step that leaves the current bracket is
-    replaced by bisection, so it always converges, and quadratically near the root (3-6 steps
+    replaced by bisection, so it always converges, and quadratically near the root (1-6 steps
     from ``logit(mu) - mean(a)`` in practice). Near the root the error after a step ``h`` is at
     most ``h^2 / 2`` (``|F''| <= F'`` for sums of sigmoids), so it stops once that bound is below
     ``resolution``: float64 round-off by default, float32's for float32 outputs (the inputs ``a``
