@@ -97,24 +97,37 @@ def test_optimizer_groups_no_decay_on_norm_and_bias():
     from gspdml.losses import build_loss
     from gspdml.models import build_model
 
-    cfg = tiny_config(None, ["loss.name=PAnchor", "optim.weight_decay=0.5"])
+    cfg = tiny_config(None, ["loss.name=PAnchor", "optim.weight_decay=0.5", "model.pooling=gsp",
+                             "model.pooling_kwargs={num_prototypes: 4}"])
     model = build_model(cfg.model)
+    assert any(name.endswith("prototypes") for name, _ in model.named_parameters())
     loss = build_loss("PAnchor", num_classes=5, embedding_dim=8)
     opt = build_optimizer(cfg, TrainModule(model, loss, None, 0.1))
     by_name = {g["name"]: g for g in opt.param_groups}
-    decayed = {id(p) for p in by_name["weights"]["params"]}
+    decayed = {id(p) for p in by_name["decay"]["params"]}
     for name, p in model.named_parameters():
-        if p.ndim <= 1:  # BN weights/biases and biases
+        if p.ndim <= 1 or name.endswith("prototypes"):  # BN weights/biases, biases, GSP prototypes
             assert id(p) not in decayed, name
         else:
             assert id(p) in decayed, name
-    assert by_name["norm_bias"]["weight_decay"] == 0.0 and by_name["weights"]["weight_decay"] == 0.5
-    loss_groups = [g for g in opt.param_groups if g["name"] not in ("weights", "norm_bias")]
-    assert loss_groups, "proxy losses must get their own group"
-    for g, ref in zip(loss_groups, loss.param_groups()):
-        assert g["lr"] == pytest.approx(cfg.optim.lr * ref["lr_mult"])
+    assert by_name["no_decay"]["weight_decay"] == 0.0 and by_name["decay"]["weight_decay"] == 0.5
+    assert by_name["proxies"]["lr"] == pytest.approx(cfg.optim.lr * loss.param_groups()[0]["lr_mult"])
     n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n_opt == sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in loss.parameters())
+
+
+def test_proxy_lr_mult_overrides_only_the_proxies():
+    from gspdml.engine.trainer import TrainModule
+    from gspdml.losses import build_loss
+    from gspdml.models import build_model
+
+    cfg = tiny_config(None, ["loss.name=PAnchor+NIR", "optim.proxy_lr_mult=7", "optim.lr=0.01"])
+    loss = build_loss("PAnchor+NIR", num_classes=5, embedding_dim=8)
+    opt = build_optimizer(cfg, TrainModule(build_model(cfg.model), loss, None, 0.1))
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["proxies"]["lr"] == pytest.approx(0.07)
+    flow_mult = {g["name"]: g["lr_mult"] for g in loss.param_groups()}["nir_flow"]
+    assert flow_mult != 7 and by_name["nir_flow"]["lr"] == pytest.approx(0.01 * flow_mult)
 
 
 def test_schedulers():

@@ -129,7 +129,7 @@ class OptimConfig:
     momentum: float = 0.9
     """Used by ``sgd`` only."""
     proxy_lr_mult: Optional[float] = None
-    """Learning-rate multiplier of the loss's parameter groups; ``null`` keeps the loss's default."""
+    """Learning-rate multiplier of the loss's proxies; ``null`` keeps the loss's default (x100; x4000 with NIR)."""
     scheduler: str = "none"
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many steps (any scheduler)."""

@@ -237,43 +237,37 @@ class TrainModule(nn.Module):
             return total, {"loss_dml": l_dml.detach(), "loss_zs": l_zs.detach()}
 
 
-def _no_decay(name: str, p: torch.Tensor) -> bool:
-    return p.ndim <= 1 or name.endswith(".bias")
-
-
 def build_optimizer(cfg: TrainConfig, module: TrainModule) -> torch.optim.Optimizer:
-    """Optimizer over the model, L_ZS and the loss's parameter groups.
+    """Optimizer over the model, the DML loss's own parameters and L_ZS's class table.
 
-    Weights get ``optim.weight_decay``; biases and 1-D (norm) parameters none when
-    ``optim.no_decay_norm_bias``. The loss's ``param_groups()`` get ``lr x lr_mult`` (or
-    ``optim.proxy_lr_mult`` when set).
+    The model's parameters follow :meth:`EmbeddingModel.param_groups` (no weight decay on norm
+    layers, biases, 1-D parameters and GSP prototypes) when ``optim.no_decay_norm_bias``, else all
+    decay. The losses' ``param_groups()`` (proxies, NIR flow, class-embedding table) get
+    ``lr x lr_mult``; ``optim.proxy_lr_mult``, when set, overrides the multiplier of the
+    ``proxies`` group only.
     """
     o = cfg.optim
-    decay, no_decay = [], []
+    groups: list[dict] = []
     seen: set[int] = set()
-    loss_groups = []
-    if hasattr(module.loss, "param_groups"):
-        for g in module.loss.param_groups() or []:
-            params = [p for p in g["params"] if p.requires_grad]
-            if not params:
-                continue
-            mult = o.proxy_lr_mult if o.proxy_lr_mult is not None else float(g.get("lr_mult", 1.0))
-            loss_groups.append(
-                {"params": params, "lr": o.lr * mult, "weight_decay": o.weight_decay, "name": g.get("name", "loss"),
-                 "lr_mult": mult}
-            )
+
+    def add(name: str, params, lr_mult: float, weight_decay: float) -> None:
+        params = [p for p in params if p.requires_grad and id(p) not in seen]
+        if params:
             seen.update(id(p) for p in params)
-    for name, p in module.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (no_decay if o.no_decay_norm_bias and _no_decay(name, p) else decay).append(p)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "lr": o.lr, "weight_decay": o.weight_decay, "name": "weights", "lr_mult": 1.0})
-    if no_decay:
-        groups.append({"params": no_decay, "lr": o.lr, "weight_decay": 0.0, "name": "norm_bias", "lr_mult": 1.0})
-    groups += loss_groups
+            groups.append({"name": name, "params": params, "lr": o.lr * lr_mult, "lr_mult": lr_mult,
+                           "weight_decay": weight_decay})
+
+    for owner in (module.loss, module.zero_shot):
+        for g in (owner.param_groups() if hasattr(owner, "param_groups") else []):
+            mult = float(g.get("lr_mult", 1.0))
+            if g.get("name") == "proxies" and o.proxy_lr_mult is not None:
+                mult = float(o.proxy_lr_mult)
+            add(g.get("name", "loss"), g["params"], mult, o.weight_decay)
+    model = module.model
+    if o.no_decay_norm_bias and hasattr(model, "param_groups"):
+        for g in model.param_groups(o.weight_decay):
+            add(g["name"], g["params"], 1.0, g["weight_decay"])
+    add("weights", module.parameters(), 1.0, o.weight_decay)  # everything not yet grouped
     if not groups:
         raise ConfigError("nothing to train: the model and the loss have no parameter that requires gradients")
     name = o.name.lower()
