@@ -27,6 +27,7 @@ Adding a pooling is one new module with a class decorated by
 """
 from __future__ import annotations
 
+import abc
 import inspect
 from typing import Any, Optional
 
@@ -150,7 +151,7 @@ def _channel_shares(scores: Tensor, mask: Optional[Tensor]) -> Tensor:
     return shares.mean(dim=2)
 
 
-class Pooling(nn.Module):
+class Pooling(nn.Module, abc.ABC):
     """Base class: validates and flattens the input, then calls :meth:`pool`.
 
     Subclasses implement ``pool(feats (B, n, C), mask (B, n) | None) -> (pooled (B, C),
@@ -175,8 +176,9 @@ class Pooling(nn.Module):
             if p.name not in ("self", "dim") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         ]
 
+    @abc.abstractmethod
     def pool(self, feats: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        raise NotImplementedError
+        """Pool (B, n, C) features (+ (B, n) mask) into ``(pooled (B, C), weights (B, n), marginals or None)``."""
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, return_details: bool = False):
         feats, mask, spatial = flatten_features(x, mask, self.dim, where=f"{self.name} pooling")
