@@ -147,11 +147,11 @@ def run_all(out=None, quick: bool = False, full: bool = False, seeds: int | None
 
     first = {r.method: r for r in tok_runs if r.seed == seed_list[0]}
     class_names = [f"class {c}" for c in tok_test.class_ids]
-    rep_path = plot_embedding_geometry(
+    geometry_path = plot_embedding_geometry(
         {f"{m} (MAP@R {first[m].metrics['map_at_r']:.2f})": (first[m].embeddings, first[m].labels) for m in token_methods},
         folder / "tokens_geometry.png", title="Token study: unseen classes 8-15, embeddings (PCA to 2-D)",
         class_names=class_names)
-    figures["tokens_geometry"] = rep_path.name
+    figures["tokens_geometry"] = geometry_path.name
     results["tokens"]["hull_overlap"] = {m: hull_overlap(project_2d(first[m].embeddings), first[m].labels.numpy())
                                          for m in token_methods}
 
@@ -211,7 +211,7 @@ def run_all(out=None, quick: bool = False, full: bool = False, seeds: int | None
         "wall_seconds": wall, "version": gspdml.__version__, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "python": platform.python_version(),
     }
-    metrics = {"settings": settings, **{k: _strip(v) for k, v in results.items()}, "figures": figures}
+    metrics = {"settings": settings, **results, "figures": figures}
     rep.write_metrics_json(metrics, folder / "metrics.json")
     rep.write_report(folder / "report.md", results, figures, settings)
 
@@ -233,15 +233,10 @@ def run_all(out=None, quick: bool = False, full: bool = False, seeds: int | None
     return metrics
 
 
-def _strip(value):
-    """Results without tensors (for JSON)."""
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items()}
-    return value
-
-
 def _digits_figures(runs, seed: int, test_ds, pair_names, folder: Path, figures: dict) -> None:
     """Weight maps and prototype histograms of the first seed's models on unseen test images."""
+    import torch
+
     from gspdml.viz.prototypes import class_prototype_histograms, plot_prototype_histograms
     from gspdml.viz.weights import plot_weight_maps
 
@@ -254,7 +249,7 @@ def _digits_figures(runs, seed: int, test_ds, pair_names, folder: Path, figures:
         if r.seed != seed or r.method not in tags:
             continue
         tag = tags[r.method]
-        w = r.details["weights"][torch_index(show)]
+        w = r.details["weights"][torch.as_tensor(show, dtype=torch.long)]
         path = plot_weight_maps(images, w, folder / f"digits_weights_{tag}.png", titles=titles,
                                 interpolation="nearest", title=f"{r.method} pooling weights (x uniform), unseen classes")
         figures[f"digits_weights_{tag}"] = path.name
@@ -265,9 +260,3 @@ def _digits_figures(runs, seed: int, test_ds, pair_names, folder: Path, figures:
                                              class_names=[pair_names[int(c)] for c in classes],
                                              title=f"{r.method}: mean prototype marginals per unseen class")
             figures[f"digits_prototypes_{tag}"] = path.name
-
-
-def torch_index(index: np.ndarray):
-    import torch
-
-    return torch.as_tensor(index, dtype=torch.long)

@@ -11,7 +11,6 @@ Plots use matplotlib's object API on an Agg canvas (no global backend change).
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
