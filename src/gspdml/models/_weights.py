@@ -50,15 +50,28 @@ def load_checked(
     what: str,
     path: Union[str, os.PathLike],
     ignore_prefixes: Iterable[str] = (),
+    optional_prefixes: Iterable[str] = (),
 ) -> None:
     """Load ``state`` into ``model`` strictly, ignoring keys under ``ignore_prefixes`` in the file.
 
+    Keys under ``optional_prefixes`` (e.g. a classifier head) need not be in the file; where the
+    file has them with the model's shapes they are loaded, otherwise skipped.
     ``num_batches_tracked`` buffers may be absent. Raises :class:`CheckpointError` listing missing
     and unexpected keys and shape mismatches.
     """
-    ignore = tuple(ignore_prefixes)
+    ignore, optional = tuple(ignore_prefixes), tuple(optional_prefixes)
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     state = {k: v for k, v in state.items() if not k.startswith(ignore) and not k.endswith("num_batches_tracked")}
+    if optional:
+        head = {k: v for k, v in state.items() if k.startswith(optional)}
+        fits = all(k in own and tuple(v.shape) == tuple(own[k].shape) for k, v in head.items()) and set(head) == {
+            k for k in own if k.startswith(optional)
+        }
+        state = {k: v for k, v in state.items() if not k.startswith(optional)}
+        own = {k: v for k, v in own.items() if not k.startswith(optional)}
+        if fits:
+            state.update(head)
+            own.update({k: model.state_dict()[k] for k in head})
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(

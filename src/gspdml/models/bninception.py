@@ -32,8 +32,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from gspdml.errors import CheckpointError, ConfigError
-from gspdml.models._weights import read_state_dict
+from gspdml.errors import ConfigError
+from gspdml.models._weights import load_checked, read_state_dict
 
 __all__ = ["BNInception", "bninception", "load_bninception_weights", "WEIGHTS_FILE_NAME", "KEY_COUNT"]
 
@@ -173,33 +173,7 @@ def load_bninception_weights(model: BNInception, path: Union[str, os.PathLike]) 
     state = read_state_dict(path, "bninception")
     digest = sha256_of(path)
     log.info("loading BN-Inception weights %s (sha256 %s)", os.fspath(path), digest)
-    own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    trunk_own = {k for k in own if not k.startswith("last_linear.")}
-    missing = sorted(trunk_own - set(state))
-    unexpected = sorted(k for k in set(state) - set(own) if not k.startswith("last_linear."))
-    bad_shapes = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in trunk_own & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or bad_shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:8])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:8])})")
-        if bad_shapes:
-            parts.append(f"shape mismatches: {'; '.join(bad_shapes[:8])}")
-        raise CheckpointError(
-            f"{os.fspath(path)!r} is not a BN-Inception state dict with the layout of {WEIGHTS_FILE_NAME}: "
-            + "; ".join(parts)
-        )
-    load = {k: v for k, v in state.items() if k in trunk_own}
-    head = {k: state[k] for k in ("last_linear.weight", "last_linear.bias") if k in state}
-    if len(head) == 2 and tuple(head["last_linear.weight"].shape) == tuple(own["last_linear.weight"].shape):
-        load.update(head)
-    model.load_state_dict(load, strict=False)
+    load_checked(model, state, f"bninception (layout of {WEIGHTS_FILE_NAME})", path, optional_prefixes=("last_linear.",))
     return digest
 
 
