@@ -249,3 +249,24 @@ def test_zero_shot_trains_with_every_engine_loss():
         assert module.zero_shot.class_embeddings.grad.abs().sum() > 0, name
         assert model.pooling.prototypes.grad.abs().sum() > 0, name
         assert model.backbone.embedding.weight.grad.abs().sum() > 0, name
+
+
+def test_matched_scale_keeps_the_initial_loss_at_the_authors_size_with_few_classes():
+    from gspdml.losses.zeroshot import matched_scale
+
+    assert matched_scale(100) == pytest.approx(9.5)
+    assert matched_scale(8) == pytest.approx(0.76)
+    labels = torch.arange(8).repeat_interleave(4)
+    z = torch.softmax(torch.randn(32, 16) * 3, dim=1)
+
+    def initial_loss(num_classes, scale):
+        torch.manual_seed(1)  # same class-table draw for every variant
+        return ZeroShotLoss(num_classes, 128, scale=scale)(z, labels).item()
+
+    reference = initial_loss(100, 9.5)  # the authors' setting: ~100 training classes
+    few_authors = initial_loss(8, 9.5)
+    few_matched = initial_loss(8, matched_scale(8))
+    assert few_authors > 5 * reference  # the unmatched scale blows the loss up
+    assert few_matched == pytest.approx(reference, rel=0.1)
+    with pytest.raises(InputError):
+        matched_scale(0)

@@ -158,7 +158,7 @@ def write_report(path: str | os.PathLike, results: dict, figures: dict[str, str]
         "GSP+L_ZS adds the zero-shot loss on the prototype marginals (lambda = 0.1, ridge 0.05, softmax scale "
         "0.76 instead of the authors' 9.5: with only 8 training classes the He-initialised class table is "
         "~3.5x larger than with the authors' ~100 classes, and scale 9.5 made L_ZS swamp the metric loss; "
-        "see `gspdml.demo.studies.zero_shot_scale`).\n")
+        "see `gspdml.losses.zeroshot.matched_scale`).\n")
 
     tok = results.get("tokens")
     if tok:

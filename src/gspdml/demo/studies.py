@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from gspdml.errors import InputError
+from gspdml.losses.zeroshot import matched_scale
 
 __all__ = [
     "Budget",
@@ -98,19 +99,6 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-def zero_shot_scale(num_classes: int, dim: int, reference_classes: int = 100, reference_scale: float = 9.5) -> float:
-    """L_ZS softmax scale that keeps the logits at the size they have in the authors' setting.
-
-    The class-embedding table is He-normal initialised with variance ``2 / num_classes``, and the
-    logits ``s * v_j . A z`` are about ``s * dim * 2 / num_classes`` in size. With the authors'
-    ~100 training classes and ``s = 9.5`` that is ~24 (at dim 128); with the demo's 8 classes the
-    same ``s`` gives ~300, L_ZS starts near 86 and swamps the metric loss (measured: GSP+L_ZS
-    collapsed to near-uniform weights and MAP@R 0.07). This returns ``s`` scaled by
-    ``num_classes / reference_classes`` (0.76 for 8 classes), which keeps the logit size.
-    """
-    return reference_scale * num_classes / reference_classes
-
-
 def _base_config(name: str, dataset: str, options: dict, backbone: str, backbone_kwargs: dict,
                  method: str, budget: Budget, epochs: int, lr: float, seed: int, device: str,
                  local_dim: int, num_prototypes: int, num_classes: int = 8) -> dict:
@@ -129,7 +117,7 @@ def _base_config(name: str, dataset: str, options: dict, backbone: str, backbone
                   "local_dim": local_dim, "pooling": spec["pooling"], "pooling_kwargs": pooling_kwargs,
                   "freeze_bn": False},
         "loss": {"name": "C1", "zero_shot": {"enabled": bool(spec["zs"]), "weight": 0.1, "ridge": 0.05,
-                                             "scale": zero_shot_scale(num_classes, local_dim)}},
+                                             "scale": matched_scale(num_classes)}},
         "optim": {"name": "adam", "lr": lr, "weight_decay": 0.0, "scheduler": "cosine",
                   "warmup_steps": 0},
         "train": {"max_epochs": epochs, "max_steps": None, "eval_every_steps": 0, "checkpoint_every_steps": 0,

@@ -6,6 +6,7 @@ _EXPORTS = {
     'LOSSES': 'gspdml.losses.factory',
     'ZeroShotLoss': 'gspdml.losses.zeroshot',
     'NIRLoss': 'gspdml.losses.nir',
+    'matched_scale': 'gspdml.losses.zeroshot',
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -119,6 +119,22 @@ def split_classes(
     return positions[half == 0], positions[half == 1]
 
 
+def matched_scale(num_classes: int, reference_classes: int = 100, reference_scale: float = 9.5) -> float:
+    """L_ZS softmax scale that keeps the logits at the size they have in the authors' setting.
+
+    The class-embedding table is He-normal initialised with variance ``2 / num_classes``, so the
+    logits ``s * v_j . A z`` grow like ``s / num_classes``. The authors' ``s = 9.5`` was used with
+    ~100 training classes; with few classes (e.g. 8) the same ``s`` makes L_ZS start near 86 and
+    swamp the metric loss (measured in the demo: GSP+L_ZS collapsed to near-uniform weights,
+    MAP@R 0.07). This returns ``reference_scale * num_classes / reference_classes`` (0.76 for 8
+    classes), which keeps the logit size; pass it as ``ZeroShotLoss(scale=...)`` /
+    ``loss.zero_shot.scale`` when training on few classes.
+    """
+    if num_classes < 1 or reference_classes < 1:
+        raise InputError(f"matched_scale needs positive class counts; got {num_classes} and {reference_classes}")
+    return reference_scale * num_classes / reference_classes
+
+
 class ZeroShotLoss(nn.Module):
     """Cross-batch zero-shot prediction loss L_ZS on prototype marginals (paper eq. 4.4).
 
