@@ -74,7 +74,10 @@ def test_load_real_layout_file(model, tmp_path):
     for k, v in state.items():  # make the file differ from any fresh random init
         if v.is_floating_point():
             v.add_(torch.rand_like(v) * 0.01)
-    torch.save(state, path)
+    # the published file stores BatchNorm vectors as (1, C) (old PyTorch copied them by
+    # broadcasting); current PyTorch needs (C,), so the loader must reshape them
+    saved = {k: (v.unsqueeze(0) if "_bn." in k else v) for k, v in state.items()}
+    torch.save(saved, path)
     other = build_backbone("bninception").eval()
     assert not torch.equal(other.conv1_7x7_s2.weight, model.conv1_7x7_s2.weight)
     digest = load_bninception_weights(other, path)

@@ -14,7 +14,8 @@ that file loads without renaming:
   ``inception_3a_1x1.weight``, ``inception_3a_double_3x3_reduce_bn.bias``, ...,
   ``inception_5b_pool_proj_bn.running_var``, ``last_linear.weight``/``last_linear.bias``:
   69 convolutions (with bias) each followed by a BatchNorm, i.e. 69 x 6 + 2 = 416 tensors
-  (``num_batches_tracked`` buffers are not in the file and are not required).
+  (``num_batches_tracked`` buffers are not in the file and are not required; BatchNorm vectors
+  stored as (1, C), as in that file, are reshaped to (C,)).
 * input convention of those weights: **BGR** channel order, values in **[0, 255]**, mean
   ``[104, 117, 128]`` subtracted, std 1 (``gspdml.data.build_transform(..., normalization=
   "bninception")`` produces this).
@@ -173,6 +174,13 @@ def load_bninception_weights(model: BNInception, path: Union[str, os.PathLike]) 
     state = read_state_dict(path, "bninception")
     digest = sha256_of(path)
     log.info("loading BN-Inception weights %s (sha256 %s)", os.fspath(path), digest)
+    # the published file stores BatchNorm vectors as (1, C) (old PyTorch broadcast them on copy)
+    own_shapes = {k: v.shape for k, v in model.state_dict().items()}
+    state = {
+        k: v.reshape(own_shapes[k]) if k in own_shapes and v.dim() == len(own_shapes[k]) + 1
+        and v.shape[0] == 1 and v.shape[1:] == own_shapes[k] else v
+        for k, v in state.items()
+    }
     load_checked(model, state, f"bninception (layout of {WEIGHTS_FILE_NAME})", path, optional_prefixes=("last_linear.",))
     return digest
 
