@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from gspdml.errors import InputError
+from gspdml.losses.zeroshot import ridge_fit
 
 __all__ = [
     "ZeroShotEvaluation",
@@ -142,18 +143,10 @@ def class_means(values, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ridge_fit_batched(z: np.ndarray, targets: np.ndarray, ridge: float) -> np.ndarray:
-    """Ridge weights ``W`` (..., m, D) with ``targets ≈ z @ W`` for batched z (..., n, m).
-
-    Minimises ``||z W − targets||² + ridge ||W||²`` with ``np.linalg.solve`` on the smaller of the
-    primal (m × m) and dual (n × n) systems (no explicit inverse).
-    """
-    if not ridge > 0:
-        raise InputError(f"ridge must be > 0; got {ridge!r}")
-    n, m = z.shape[-2:]
-    zt = np.swapaxes(z, -1, -2)
-    if m <= n:
-        return np.linalg.solve(zt @ z + ridge * np.eye(m), zt @ targets)
-    return zt @ np.linalg.solve(z @ zt + ridge * np.eye(n), targets)
+    """Ridge weights ``W`` (..., m, D) with ``targets ≈ z @ W`` for batched z (..., n, m), in
+    float64 (:func:`gspdml.losses.zeroshot.ridge_fit`, the fit L_ZS uses, on NumPy arrays)."""
+    z, targets = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)) for a in (z, targets))
+    return ridge_fit(z, targets, ridge).numpy()
 
 
 def held_out_average_precision(pred: np.ndarray, true: np.ndarray, metric: str) -> np.ndarray:

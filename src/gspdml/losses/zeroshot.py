@@ -61,25 +61,27 @@ SPLITS = ("alternate", "random")
 
 
 def ridge_fit(z: torch.Tensor, targets: torch.Tensor, ridge: float) -> torch.Tensor:
-    """Ridge-regression weights ``W`` (m × D) with ``targets ≈ z @ W``.
+    """Ridge-regression weights ``W`` (..., m, D) with ``targets ≈ z @ W``.
 
     Minimises ``||z W − targets||_F² + ridge · ||W||_F²`` by a linear solve on the smaller of the
-    primal (m × m) and dual (n × n) normal equations. ``z`` is (n, m), ``targets`` is (n, D);
-    differentiable in both. ``ridge`` must be > 0 (the systems are then positive definite).
+    primal (m × m) and dual (n × n) normal equations (no explicit inverse). ``z`` is (..., n, m),
+    ``targets`` is (..., n, D) with the same leading (batch) dimensions; differentiable in both.
+    ``ridge`` must be > 0 (the systems are then positive definite).
     """
-    if z.ndim != 2 or targets.ndim != 2 or z.shape[0] != targets.shape[0]:
+    if z.ndim < 2 or targets.ndim != z.ndim or z.shape[:-1] != targets.shape[:-1]:
         raise InputError(
-            f"ridge_fit expects z (n, m) and targets (n, D) with the same n; got {tuple(z.shape)} "
-            f"and {tuple(targets.shape)}"
+            f"ridge_fit expects z (..., n, m) and targets (..., n, D) with the same n and batch dimensions; "
+            f"got {tuple(z.shape)} and {tuple(targets.shape)}"
         )
     if not ridge > 0:
         raise InputError(f"ridge must be > 0 (the regularisation weight ε of eq. P3); got {ridge}")
-    n, m = z.shape
+    n, m = z.shape[-2:]
+    zt = z.mT
     if m <= n:
         eye = torch.eye(m, dtype=z.dtype, device=z.device)
-        return torch.linalg.solve(z.T @ z + ridge * eye, z.T @ targets)
+        return torch.linalg.solve(zt @ z + ridge * eye, zt @ targets)
     eye = torch.eye(n, dtype=z.dtype, device=z.device)
-    return z.T @ torch.linalg.solve(z @ z.T + ridge * eye, targets)
+    return zt @ torch.linalg.solve(z @ zt + ridge * eye, targets)
 
 
 def split_classes(
