@@ -13,6 +13,18 @@ from gspdml.errors import CheckpointError, ConfigError
 log = logging.getLogger("gspdml.models")
 
 
+def require_file(path: Union[str, os.PathLike], what: str) -> str:
+    """``path`` as a string if it is an existing file, else a :class:`ConfigError` saying that
+    gspdml never downloads weights."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"{what}: weights file {path!r} does not exist (gspdml never downloads weights; "
+            "place the file locally and pass its path as 'pretrained')"
+        )
+    return path
+
+
 def read_state_dict(path: Union[str, os.PathLike], what: str) -> dict[str, torch.Tensor]:
     """Load a state dict from a local ``.pth``/``.pt``/``.bin``/``.safetensors`` file.
 
@@ -20,12 +32,7 @@ def read_state_dict(path: Union[str, os.PathLike], what: str) -> dict[str, torch
     prefix (DataParallel). Raises :class:`ConfigError` if the file is missing and
     :class:`CheckpointError` if it cannot be read.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(
-            f"{what}: weights file {path!r} does not exist (gspdml never downloads weights; "
-            "place the file locally and pass its path as 'pretrained')"
-        )
+    path = require_file(path, what)
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file

@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 from torch import Tensor, nn
 
 from gspdml.errors import CheckpointError, ConfigError
+from gspdml.models._weights import require_file
 
 __all__ = ["TimmBackbone", "build_timm_backbone"]
 
@@ -79,12 +80,7 @@ def build_timm_backbone(name: str, pretrained: Optional[Union[str, os.PathLike]]
     kwargs.setdefault("num_classes", 0)
     try:
         if pretrained:
-            path = os.fspath(pretrained)
-            if not os.path.isfile(path):
-                raise ConfigError(
-                    f"timm:{name}: weights file {path!r} does not exist (gspdml never downloads weights; "
-                    "place the file locally and pass its path)"
-                )
+            path = require_file(pretrained, f"timm:{name}")
             try:
                 model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
             except (RuntimeError, KeyError) as exc:
