@@ -11,12 +11,7 @@ from gspdml.errors import ConfigError, InputError
 from gspdml.losses.factory import C2_MARGINS, LOSSES, build_loss, loss_arguments
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tight tolerances against naive references
 
 
 def _batch(n_classes=3, per_class=3, dim=4, seed=0):

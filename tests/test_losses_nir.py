@@ -10,12 +10,7 @@ from gspdml.losses.factory import NIR_WEIGHTS, build_loss
 from gspdml.losses.nir import ConditionalFlow, NIRLoss
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tight tolerances against naive references
 
 
 def _scramble(module, scale=0.6):

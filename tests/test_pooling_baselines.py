@@ -13,12 +13,7 @@ from gspdml.pooling.registry import POOLINGS, build_pooling, register_pooling
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tight tolerances against naive references
 
 
 BASELINES = ["gap", "gmp", "gap+gmp", "gem", "lse", "delf", "attention"]
