@@ -53,7 +53,7 @@ def make_config(args, arm: str, seed: int):
     from gspdml.config import load_config
 
     spec, arm_spec = DATASETS[args.dataset], ARMS[arm]
-    cfg = load_config(REPO / "configs" / spec["config"])
+    cfg = load_config(REPO / "src" / "gspdml" / "configs" / spec["config"])
     pooling_kwargs = dict(cfg.model.pooling_kwargs)
     pooling_kwargs["num_prototypes"] = args.prototypes
     if args.eps is not None:

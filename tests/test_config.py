@@ -17,7 +17,7 @@ from gspdml.config import (
 )
 from gspdml.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "gspdml" / "configs"
 
 
 def test_defaults_match_the_paper():
@@ -125,7 +125,7 @@ def test_every_shipped_config_validates():
 
 
 def test_paper_configs_are_in_sync_with_the_generator():
-    spec = importlib.util.spec_from_file_location("cfg_generate", CONFIGS / "generate.py")
+    spec = importlib.util.spec_from_file_location("cfg_generate", Path(__file__).resolve().parents[1] / "configs" / "generate.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     names = []

@@ -7,39 +7,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gspdml.data.batches import dataset_labels, move_input, split_batch
 from gspdml.errors import InputError
 
 __all__ = ["embed_dataset", "split_batch", "move_input"]
 
 
-def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None, torch.Tensor]:
-    """Split a collated ``(input, label)`` batch into ``(x, mask, labels)``.
-
-    ``input`` is a tensor, or a dict with ``"x"`` (or ``"tokens"``) and optional ``"mask"`` for
-    token sets with padding.
-    """
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise InputError(
-            "a dataset item must be a pair (input, label); "
-            f"got a batch of type {type(batch).__name__} with {len(batch) if hasattr(batch, '__len__') else '?'} parts"
-        )
-    inputs, labels = batch
-    mask = None
-    if isinstance(inputs, dict):
-        mask = inputs.get("mask")
-        x = inputs.get("x", inputs.get("tokens"))
-        if x is None:
-            raise InputError(f"a dict input must have key 'x' or 'tokens' (+ optional 'mask'); got keys {sorted(inputs)}")
-    else:
-        x = inputs
-    return x, mask, torch.as_tensor(labels)
 
 
-def move_input(x, mask, device, non_blocking: bool = False):
-    x = x.to(device, non_blocking=non_blocking)
-    if mask is not None:
-        mask = mask.to(device, non_blocking=non_blocking)
-    return x, mask
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -118,13 +93,3 @@ def embed_dataset(
         return emb_all, lab_all, {k: torch.cat(v) for k, v in details.items()}
     return emb_all, lab_all
 
-
-def dataset_labels(dataset) -> np.ndarray:
-    """The ``labels`` array of a gspdml dataset (or of a Subset of one), without loading items."""
-    labels = getattr(dataset, "labels", None)
-    if labels is not None:
-        return np.asarray(labels)
-    base, idx = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
-    if base is not None and idx is not None:
-        return dataset_labels(base)[np.asarray(idx)]
-    raise InputError(f"dataset {type(dataset).__name__} has no 'labels' attribute (needed for class-balanced batches)")
