@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from gspdml.data.batches import dataset_labels
 from gspdml.errors import InputError
 
 
@@ -60,7 +61,7 @@ class ClassSubset(Dataset):
     """
 
     def __init__(self, dataset: Any, classes: Sequence[int], relabel: bool = True) -> None:
-        parent_labels = np.asarray(dataset.labels)
+        parent_labels = dataset_labels(dataset)
         wanted = sorted(set(int(c) for c in classes))
         present = set(np.unique(parent_labels).tolist())
         unknown = [c for c in wanted if c not in present]
@@ -116,10 +117,22 @@ def subset_by_classes(dataset: Any, classes: Sequence[int], relabel: bool = True
     return ClassSubset(dataset, classes, relabel=relabel)
 
 
-def split_train_val(dataset: Any, fold: int, num_folds: int = 4) -> tuple[ClassSubset, ClassSubset]:
-    """MLRC fold ``fold`` of a training dataset: ``(train subset, validation subset)``, both relabelled."""
-    folds = mlrc_folds(np.unique(np.asarray(dataset.labels)).tolist(), num_folds)
-    if not 0 <= fold < num_folds:
-        raise InputError(f"fold must be in 0..{num_folds - 1}, got {fold}")
+def relabeled(dataset: Any) -> ClassSubset:
+    """All of ``dataset`` with its labels remapped to ``0..C-1`` (sorted class order; ``classes``
+    holds the original label values). Losses with proxies and L_ZS need contiguous labels."""
+    return ClassSubset(dataset, np.unique(dataset_labels(dataset)).tolist(), relabel=True)
+
+
+def split_train_val(
+    dataset: Any, fold: int, num_folds: int = 4, eval_dataset: Any = None
+) -> tuple[ClassSubset, ClassSubset]:
+    """MLRC fold ``fold`` of a training dataset: ``(train subset, validation subset)``, both relabelled.
+
+    ``eval_dataset`` is the same split with the evaluation transform; when given, the validation
+    subset is taken from it (the training subset always from ``dataset``).
+    """
+    if not isinstance(fold, (int, np.integer)) or not 0 <= fold < num_folds:
+        raise InputError(f"fold must be an integer in 0..{num_folds - 1}, got {fold!r}")
+    folds = mlrc_folds(np.unique(dataset_labels(dataset)).tolist(), num_folds)
     train, val = folds[fold]
-    return subset_by_classes(dataset, train), subset_by_classes(dataset, val)
+    return subset_by_classes(dataset, train), subset_by_classes(dataset if eval_dataset is None else eval_dataset, val)
