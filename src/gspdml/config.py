@@ -42,6 +42,8 @@ __all__ = [
     "to_dict",
     "apply_overrides",
     "validate_config",
+    "find_config",
+    "shipped_configs",
     "OPTIMIZERS",
     "SCHEDULERS",
 ]
@@ -407,13 +409,45 @@ def apply_overrides(data: dict, overrides) -> dict:
     return out
 
 
+#: the configs that ship inside the package (``gspdml configs`` lists them)
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """``name -> path`` of every config shipped with gspdml (``cub_ms_gsp``, ``digits_collage_gsp``, ...)."""
+    return {p.stem: p for p in sorted(SHIPPED_CONFIGS.glob("*.yaml"))}
+
+
+def find_config(name_or_path: str | os.PathLike) -> Path:
+    """Resolve ``-c NAME_OR_PATH``: an existing file is taken as it is; otherwise a shipped config
+    of that name (``digits_collage_gsp`` or ``digits_collage_gsp.yaml``). ConfigError when neither
+    exists, listing close shipped names."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if p.exists():
+        raise ConfigError(f"config {str(p)!r} is not a file")
+    shipped = shipped_configs()
+    stem = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    if p.parent == Path(".") and stem in shipped:
+        return shipped[stem]
+    import difflib
+
+    close = difflib.get_close_matches(stem, list(shipped), n=5, cutoff=0.5)
+    hint = f"; shipped configs with a similar name: {', '.join(close)}" if close else ""
+    raise ConfigError(
+        f"config {str(name_or_path)!r} does not exist: it is neither a file nor a shipped config "
+        f"name{hint} (`gspdml configs` lists the shipped ones)"
+    )
+
+
 def load_config(path: str | os.PathLike | None = None, overrides=None) -> TrainConfig:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides.
+
+    ``path`` is a file or the name of a shipped config (see :func:`find_config`)."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
+        p = find_config(path)
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:

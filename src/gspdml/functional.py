@@ -1,4 +1,4 @@
-"""Functional API: ``gspdml.functional.partial_transport`` (the GSP transport problem)."""
-from gspdml.pooling.functional import TransportResult, partial_transport
+"""Functional API: the GSP transport problem (``partial_transport``) and its cost (``prototype_cost``)."""
+from gspdml.pooling.functional import TransportResult, partial_transport, prototype_cost
 
-__all__ = ["partial_transport", "TransportResult"]
+__all__ = ["partial_transport", "prototype_cost", "TransportResult"]

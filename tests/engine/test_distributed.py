@@ -56,7 +56,7 @@ def test_ddp_two_cpu_processes_match_averaged_gradients(tmp_path):
     # single-process reference: step s averages the losses of plan batches 2s (rank 0) and 2s+1 (rank 1)
     from gspdml.data import ClassBalancedBatchSampler
     from gspdml.engine.trainer import RelabeledDataset, TrainModule, seed_everything
-    from gspdml.evaluation.embed import embed_dataset
+    from gspdml.engine.evaluate import embed_dataset
     from gspdml.evaluation.metrics import compute_retrieval_metrics
     from gspdml.losses import build_loss
     from gspdml.models import build_model

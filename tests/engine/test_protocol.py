@@ -10,9 +10,10 @@ import yaml
 from engine_fixtures import Blobs, single_thread, tiny_config  # noqa: F401
 from gspdml.cli import main
 from gspdml.engine.checkpoint import load_model_from_checkpoint
-from gspdml.evaluation.embed import embed_dataset
+from gspdml.engine.evaluate import embed_dataset
 from gspdml.evaluation.metrics import compute_retrieval_metrics
-from gspdml.evaluation.protocol import concat_embeddings, run_protocol
+from gspdml.engine.protocol import run_protocol
+from gspdml.evaluation.mlrc import concat_embeddings
 
 
 def test_four_fold_protocol_matches_an_independent_recomputation(tmp_path):

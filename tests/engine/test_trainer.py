@@ -11,7 +11,7 @@ from engine_fixtures import Blobs, blob_datasets, single_thread, tiny_config  # 
 from gspdml.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from gspdml.engine.trainer import RelabeledDataset, build_optimizer, build_scheduler, train
 from gspdml.errors import CheckpointError, ConfigError
-from gspdml.evaluation.embed import embed_dataset
+from gspdml.engine.evaluate import embed_dataset
 from gspdml.evaluation.metrics import compute_retrieval_metrics
 
 

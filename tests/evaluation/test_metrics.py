@@ -8,7 +8,7 @@ import torch
 from gspdml.errors import InputError
 from gspdml.evaluation.metrics import compute_retrieval_metrics
 from gspdml.evaluation.naive import naive_retrieval_metrics
-from gspdml.evaluation.protocol import concat_embeddings, format_table, summarize
+from gspdml.evaluation.mlrc import concat_embeddings, format_table, summarize
 
 
 def _points(xs):

@@ -262,7 +262,7 @@ def collect_model_outputs(
 ) -> dict[str, np.ndarray]:
     """Run the model over ``dataset`` in order (eval mode) and keep embeddings, labels and details.
 
-    Uses :func:`gspdml.evaluation.embed_dataset` with ``return_details=True``. Returns a dict with
+    Uses :func:`gspdml.engine.evaluate.embed_dataset` with ``return_details=True``. Returns a dict with
     ``"embeddings"`` (N, D), ``"labels"`` (N,) and the requested ``keep`` entries of the pooling
     details (e.g. ``"marginals"`` (N, m), ``"weights"`` (N, h, w) or (N, n)), as numpy arrays.
     ``limit`` keeps only the first ``limit`` samples. Raises :class:`~gspdml.errors.InputError`
@@ -270,7 +270,7 @@ def collect_model_outputs(
     """
     from torch.utils.data import Subset
 
-    from gspdml.evaluation.embed import embed_dataset
+    from gspdml.engine.evaluate import embed_dataset
 
     if len(dataset) == 0:
         raise InputError("the dataset is empty; nothing to evaluate")

@@ -7,6 +7,11 @@ _EXPORTS = {
     'ClassBalancedBatchSampler': 'gspdml.data.samplers',
     'mlrc_folds': 'gspdml.data.splits',
     'subset_by_classes': 'gspdml.data.splits',
+    'split_train_val': 'gspdml.data.splits',
+    'relabeled': 'gspdml.data.splits',
+    'split_batch': 'gspdml.data.batches',
+    'move_input': 'gspdml.data.batches',
+    'dataset_labels': 'gspdml.data.batches',
     'build_transform': 'gspdml.data.transforms',
 }
 __all__ = sorted(_EXPORTS)

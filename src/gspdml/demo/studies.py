@@ -4,7 +4,7 @@ Every run goes through the library's public pieces: datasets from :func:`gspdml.
 (``tokens``, ``digits_collage``), the model, losses, L_ZS, sampler and loop of
 :func:`gspdml.engine.train` (no files written), and the metrics of
 :func:`gspdml.evaluation.compute_retrieval_metrics` on embeddings from
-:func:`gspdml.evaluation.embed_dataset`.
+:func:`gspdml.engine.evaluate.embed_dataset`.
 
 Design choices (measured while building the demo; see the README, section "Quickstart"):
 
@@ -204,7 +204,8 @@ def run_method(study: str, method: str, cfg: dict, train_ds, test_ds, target_mas
     """Train ``cfg`` on ``train_ds`` with :func:`gspdml.engine.train`, then embed ``test_ds`` (with
     pooling details) and compute the retrieval metrics and the weight scores."""
     from gspdml.engine import train
-    from gspdml.evaluation import compute_retrieval_metrics, embed_dataset
+    from gspdml.engine.evaluate import embed_dataset
+    from gspdml.evaluation import compute_retrieval_metrics
 
     start = time.perf_counter()
     result = train(cfg, progress=progress, datasets={"train": train_ds, "val": None, "test": None, "gallery": None})

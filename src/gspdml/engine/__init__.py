@@ -1,9 +1,13 @@
-"""Training loop, checkpoints and distributed training."""
+"""Training loop, evaluation with a model, checkpoints, distributed training, the MLRC protocol driver."""
 from gspdml._lazy import lazy_exports
 
 _EXPORTS = {
     'train': 'gspdml.engine.trainer',
     'RunResult': 'gspdml.engine.trainer',
+    'embed_dataset': 'gspdml.engine.evaluate',
+    'evaluate_model': 'gspdml.engine.evaluate',
+    'run_protocol': 'gspdml.engine.protocol',
+    'ProtocolResult': 'gspdml.engine.protocol',
     'load_model_from_checkpoint': 'gspdml.engine.checkpoint',
 }
 __all__ = sorted(_EXPORTS)

@@ -30,7 +30,8 @@ def evaluate_checkpoint(checkpoint, dataset=None, root=None, split=None, gallery
     from gspdml.config import apply_overrides, config_from_dict, to_dict
     from gspdml.engine.checkpoint import load_model_from_checkpoint
     from gspdml.engine.distributed import resolve_device
-    from gspdml.engine.trainer import evaluate_model, make_split
+    from gspdml.engine.evaluate import evaluate_model
+    from gspdml.engine.trainer import make_split
 
     model, cfg, extra = load_model_from_checkpoint(checkpoint)
     data = to_dict(cfg)

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from gspdml.engine.runs import console_logging
     from gspdml.config import load_config
-    from gspdml.evaluation.protocol import format_table, run_protocol
+    from gspdml.engine.protocol import run_protocol
+    from gspdml.evaluation.mlrc import format_table
 
     cfg = load_config(args.config, list(args.overrides or []))
     console_logging()

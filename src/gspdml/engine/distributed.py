@@ -105,8 +105,8 @@ def all_gather_ordered(t: torch.Tensor, ctx: DistContext, total: int) -> torch.T
 
 
 def embed_dataset_distributed(model, dataset, ctx: DistContext, **kwargs):
-    """:func:`gspdml.evaluation.embed.embed_dataset` sharded over ranks, gathered on every rank."""
-    from gspdml.evaluation.embed import embed_dataset
+    """:func:`gspdml.engine.evaluate.embed_dataset` sharded over ranks, gathered on every rank."""
+    from gspdml.engine.evaluate import embed_dataset
 
     if not ctx.enabled:
         return embed_dataset(model, dataset, **kwargs)

@@ -48,7 +48,8 @@ from gspdml.engine.checkpoint import (
 from gspdml.engine.distributed import DistContext, cleanup, embed_dataset_distributed, init_from_env
 from gspdml.engine.runs import LOGGER_NAME, RunFolder, new_run_dir
 from gspdml.errors import CheckpointError, ConfigError, InputError
-from gspdml.evaluation.embed import dataset_labels, move_input, split_batch
+from gspdml.data.batches import dataset_labels, move_input, split_batch
+from gspdml.engine.evaluate import evaluate_model
 
 __all__ = [
     "train",
@@ -298,32 +299,6 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_st
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def evaluate_model(
-    model: nn.Module,
-    query: Dataset,
-    gallery: Dataset | None = None,
-    *,
-    batch_size: int = 64,
-    recall_ks=(1, 2, 4, 8),
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    num_workers: int = 0,
-    amp: bool = False,
-    ctx: DistContext | None = None,
-    desc: str = "eval",
-) -> dict[str, float]:
-    """Embed ``query`` (and ``gallery``) and return the retrieval metrics."""
-    from gspdml.evaluation.metrics import compute_retrieval_metrics
-
-    ctx = ctx or DistContext(device=torch.device(device or "cpu"))
-    kw = dict(batch_size=batch_size, device=device, progress=progress, num_workers=num_workers, amp=amp)
-    q, ql = embed_dataset_distributed(model, query, ctx, desc=f"{desc} query" if gallery is not None else desc, **kw)
-    if gallery is None:
-        return compute_retrieval_metrics(q, ql, recall_ks=recall_ks)
-    g, gl = embed_dataset_distributed(model, gallery, ctx, desc=f"{desc} gallery", **kw)
-    return compute_retrieval_metrics(q, ql, g, gl, recall_ks=recall_ks)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:

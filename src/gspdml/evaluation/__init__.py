@@ -1,10 +1,11 @@
-"""Retrieval metrics (MAP@R, R-Precision, P@1, Recall@K) and the MLRC protocol."""
+"""Retrieval metrics (MAP@R, R-Precision, P@1, Recall@K) and MLRC aggregation: pure functions on
+embeddings and metric dicts (no model, no training)."""
 from gspdml._lazy import lazy_exports
 
 _EXPORTS = {
     'compute_retrieval_metrics': 'gspdml.evaluation.metrics',
-    'embed_dataset': 'gspdml.evaluation.embed',
-    'run_protocol': 'gspdml.evaluation.protocol',
+    'concat_embeddings': 'gspdml.evaluation.mlrc',
+    'summarize': 'gspdml.evaluation.mlrc',
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -5,6 +5,8 @@ _EXPORTS = {
     'GSP': 'gspdml.pooling.gsp',
     'partial_transport': 'gspdml.pooling.functional',
     'TransportResult': 'gspdml.pooling.functional',
+    'prototype_cost': 'gspdml.pooling.functional',
+    'Pooling': 'gspdml.pooling.baselines',
     'build_pooling': 'gspdml.pooling.registry',
     'POOLINGS': 'gspdml.pooling.registry',
 }

@@ -1,34 +1,24 @@
-"""The MLRC evaluation protocol driver ("A Metric Learning Reality Check", as the GSP paper uses it).
+"""The MLRC protocol driver: train one model per fold (and repeat), embed the test set with each,
+aggregate 128D / 512D with :mod:`gspdml.evaluation.mlrc`.
 
 For each repeat r and each fold k = 0..3, one model is trained on three quarters of the training
 classes with early stopping on the held-out quarter (``data.fold = k``); each model then embeds the
-test set (classes never seen in training). Two numbers are reported per repeat:
-
-- **128D**: each fold model's metrics on its own (128-D) embeddings, averaged over the 4 folds;
-- **512D**: the metrics of the concatenation of the 4 models' L2-normalised embeddings (512-D,
-  re-normalised, which does not change the ranking).
-
-Over the repeats the table reports mean ± std (sample std, ddof=1; 0 for a single repeat),
-as the paper does (3 repeats).
+test set (classes never seen in training).
 """
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from gspdml.errors import ConfigError
+from gspdml.evaluation.mlrc import concat_embeddings, format_table, summarize
 
-__all__ = ["ProtocolResult", "run_protocol", "concat_embeddings", "summarize", "format_table"]
-
-MLRC_METRICS = ("precision_at_1", "r_precision", "map_at_r")
+__all__ = ["ProtocolResult", "run_protocol"]
 
 
 @dataclass
@@ -45,34 +35,6 @@ class ProtocolResult:
     """``{"128D": {metric: {"mean", "std"}}, "512D": {...}}``."""
     out_dir: Path | None = None
     run_dirs: list[list[Path | None]] = field(default_factory=list)
-
-
-def concat_embeddings(embeddings: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate L2-normalised per-model embeddings and re-normalise (the MLRC "512D" embedding)."""
-    return F.normalize(torch.cat([F.normalize(e.float(), dim=1) for e in embeddings], dim=1), dim=1)
-
-
-def summarize(rows: list[dict]) -> dict:
-    """``{metric: {"mean", "std"}}`` over a list of metric dicts (std with ddof=1; 0 for one row)."""
-    out = {}
-    for key in rows[0]:
-        vals = np.array([r[key] for r in rows], dtype=np.float64)
-        out[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
-    return out
-
-
-def format_table(summary: dict, metrics=MLRC_METRICS) -> str:
-    """A Markdown table like the paper's: rows 128D/512D, columns P@1, RP, MAP@R (percent, mean ± std)."""
-    names = {"precision_at_1": "P@1", "r_precision": "RP", "map_at_r": "MAP@R"}
-    head = "| dim | " + " | ".join(names.get(m, m) for m in metrics) + " |"
-    lines = [head, "|" + "---|" * (len(metrics) + 1)]
-    for dim in ("128D", "512D"):
-        cells = []
-        for m in metrics:
-            s = summary[dim][m]
-            cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}")
-        lines.append(f"| {dim} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def run_protocol(
@@ -95,8 +57,8 @@ def run_protocol(
         folds: a subset of folds to run (default all ``data.num_folds``); 512D concatenates those.
     """
     from gspdml.config import TrainConfig
-    from gspdml.engine.runs import new_run_dir, write_json_atomic
     from gspdml.engine.distributed import DistContext, embed_dataset_distributed
+    from gspdml.engine.runs import new_run_dir, write_json_atomic
     from gspdml.engine.trainer import build_datasets, make_split, train
     from gspdml.evaluation.metrics import compute_retrieval_metrics
 
@@ -128,7 +90,7 @@ def run_protocol(
         built["train_eval"] = make_split(probe, probe.data.train_split, False)
         ready = {**built, **ready}
     from gspdml.data import mlrc_folds, subset_by_classes
-    from gspdml.evaluation.embed import dataset_labels
+    from gspdml.data.batches import dataset_labels
 
     full_train = ready["train"]
     test_ds, gallery_ds = ready["test"], ready.get("gallery")

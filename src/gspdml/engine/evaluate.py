@@ -1,20 +1,15 @@
-"""Embed a whole dataset with a model (eval mode, no gradients, tqdm progress)."""
+"""Embedding and evaluation with a model: :func:`embed_dataset` (eval mode, no gradients, tqdm
+progress) and :func:`evaluate_model`, the one "embed queries (and gallery), then compute the
+retrieval metrics" used by the trainer, the protocol, the demo and ``gspdml eval``."""
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gspdml.data.batches import dataset_labels, move_input, split_batch
+from gspdml.data.batches import move_input, split_batch
 from gspdml.errors import InputError
 
-__all__ = ["embed_dataset", "split_batch", "move_input"]
-
-
-
-
+__all__ = ["embed_dataset", "evaluate_model"]
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -93,3 +88,29 @@ def embed_dataset(
         return emb_all, lab_all, {k: torch.cat(v) for k, v in details.items()}
     return emb_all, lab_all
 
+
+def evaluate_model(
+    model: torch.nn.Module,
+    query: Dataset,
+    gallery: Dataset | None = None,
+    *,
+    batch_size: int = 64,
+    recall_ks=(1, 2, 4, 8),
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    num_workers: int = 0,
+    amp: bool = False,
+    ctx=None,
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Embed ``query`` (and ``gallery``) and return the retrieval metrics."""
+    from gspdml.engine.distributed import DistContext, embed_dataset_distributed
+    from gspdml.evaluation.metrics import compute_retrieval_metrics
+
+    ctx = ctx or DistContext(device=torch.device(device or "cpu"))
+    kw = dict(batch_size=batch_size, device=device, progress=progress, num_workers=num_workers, amp=amp)
+    q, ql = embed_dataset_distributed(model, query, ctx, desc=f"{desc} query" if gallery is not None else desc, **kw)
+    if gallery is None:
+        return compute_retrieval_metrics(q, ql, recall_ks=recall_ks)
+    g, gl = embed_dataset_distributed(model, gallery, ctx, desc=f"{desc} gallery", **kw)
+    return compute_retrieval_metrics(q, ql, g, gl, recall_ks=recall_ks)

@@ -1,0 +1,47 @@
+"""MLRC aggregation ("A Metric Learning Reality Check", as the GSP paper uses it): pure functions
+on metrics and embeddings. The driver that trains the fold models is :mod:`gspdml.engine.protocol`.
+
+- **128D**: each fold model's metrics on its own (128-D) embeddings, averaged over the folds;
+- **512D**: the metrics of the concatenation of the fold models' L2-normalised embeddings (512-D,
+  re-normalised, which does not change the ranking).
+
+Over the repeats the table reports mean ± std (sample std, ddof=1; 0 for a single repeat),
+as the paper does (3 repeats).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MLRC_METRICS", "concat_embeddings", "summarize", "format_table"]
+
+MLRC_METRICS = ("precision_at_1", "r_precision", "map_at_r")
+
+
+def concat_embeddings(embeddings: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate L2-normalised per-model embeddings and re-normalise (the MLRC "512D" embedding)."""
+    return F.normalize(torch.cat([F.normalize(e.float(), dim=1) for e in embeddings], dim=1), dim=1)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """``{metric: {"mean", "std"}}`` over a list of metric dicts (std with ddof=1; 0 for one row)."""
+    out = {}
+    for key in rows[0]:
+        vals = np.array([r[key] for r in rows], dtype=np.float64)
+        out[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+    return out
+
+
+def format_table(summary: dict, metrics=MLRC_METRICS) -> str:
+    """A Markdown table like the paper's: rows 128D/512D, columns P@1, RP, MAP@R (percent, mean ± std)."""
+    names = {"precision_at_1": "P@1", "r_precision": "RP", "map_at_r": "MAP@R"}
+    head = "| dim | " + " | ".join(names.get(m, m) for m in metrics) + " |"
+    lines = [head, "|" + "---|" * (len(metrics) + 1)]
+    for dim in ("128D", "512D"):
+        cells = []
+        for m in metrics:
+            s = summary[dim][m]
+            cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}")
+        lines.append(f"| {dim} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
