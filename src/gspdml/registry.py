@@ -54,16 +54,22 @@ def accepted_arguments(component: Any, skip: Iterable[str] = ()) -> list[str] | 
     ]
 
 
-def check_arguments(kind: str, name: str, component: Any, kwargs: dict, skip: Iterable[str] = ()) -> None:
-    """Raise ConfigError when ``kwargs`` holds a keyword ``component`` does not accept."""
+def check_arguments(
+    kind: str, name: str, component: Any, kwargs: dict, skip: Iterable[str] = (), noun: str = "argument"
+) -> None:
+    """Raise ConfigError when ``kwargs`` holds a keyword ``component`` does not accept.
+
+    The message names the component and lists what it accepts, e.g. ``pooling 'gem' does not
+    accept argument(s) q; accepted arguments: p, clamp_eps`` (``noun`` replaces "argument").
+    """
     accepted = accepted_arguments(component, skip)
     if accepted is None:
         return
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ConfigError(
-            f"{kind} {name!r} does not accept argument(s) {', '.join(unknown)}; "
-            f"accepted arguments: {', '.join(accepted) if accepted else '(none)'}"
+            f"{kind} {name!r} does not accept {noun}(s) {', '.join(unknown)}; "
+            f"accepted {noun}s: {', '.join(accepted) if accepted else '(none)'}"
         )
 
 
@@ -74,11 +80,13 @@ class Registry:
         kind: what the registry holds, singular (``"pooling"``, ``"loss"``, ...): used in messages.
         skip_args: leading arguments that :meth:`build` passes positionally and that therefore
             are not checked as keywords (e.g. ``("dim",)`` for poolings).
+        noun: what a keyword is called in messages (``"argument"``; losses say ``"setting"``).
     """
 
-    def __init__(self, kind: str, skip_args: Iterable[str] = ()) -> None:
+    def __init__(self, kind: str, skip_args: Iterable[str] = (), noun: str = "argument") -> None:
         self.kind = kind
         self.skip_args = tuple(skip_args)
+        self.noun = noun
         self._items: dict[str, Any] = {}
         self._display: dict[str, str] = {}
 
@@ -128,8 +136,18 @@ class Registry:
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """``get(name)(*args, **kwargs)``, after checking the keywords against its signature."""
         component = self.get(name)
-        check_arguments(self.kind, self.key(name), component, kwargs, self.skip_args)
+        self.check(name, kwargs)
         return component(*args, **kwargs)
+
+    def check(self, name: str, kwargs: dict) -> None:
+        """ConfigError when the component ``name`` does not accept one of ``kwargs``."""
+        component = self.get(name)
+        check_arguments(self.kind, self.display_name(name), component, kwargs, self.skip_args, self.noun)
+
+    def display_name(self, name: str) -> str:
+        """The name as it was registered (``"PAnchor"`` for ``"panchor"``)."""
+        self.get(name)
+        return self._display[self.key(name)]
 
     def arguments(self, name: str) -> list[str] | None:
         """The keyword arguments the component ``name`` accepts (None: anything)."""
