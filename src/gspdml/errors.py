@@ -29,5 +29,5 @@ class CheckpointError(GspdmlError, ValueError):
 
 def unknown_choice(kind: str, value: object, choices) -> ConfigError:
     """Build the error for an unknown registry name, listing the valid choices."""
-    listed = ", ".join(sorted(str(c) for c in choices))
+    listed = ", ".join(sorted((str(c) for c in choices), key=str.lower))
     return ConfigError(f"unknown {kind} {value!r}; valid choices are: {listed}")
