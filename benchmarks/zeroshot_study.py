@@ -40,12 +40,11 @@ ARMS = {
     "gap+zs": {"pooling_kwargs": {"mu": 1.0}, "zero_shot": True},
 }
 
-# base config (shipped in configs/) and the splits on which the zero-shot MAP is measured
+# base config (shipped with gspdml, by name) and the splits on which the zero-shot MAP is measured
 DATASETS = {
-    "digits_collage": {"config": "digits_collage_gsp.yaml", "eval_splits": ("train", "test")},
-    "tokens": {"config": "tokens_gsp.yaml", "eval_splits": ("test",)},
+    "digits_collage": {"config": "digits_collage_gsp", "eval_splits": ("train", "test")},
+    "tokens": {"config": "tokens_gsp", "eval_splits": ("test",)},
 }
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_config(args, arm: str, seed: int):
@@ -53,7 +52,7 @@ def make_config(args, arm: str, seed: int):
     from gspdml.config import load_config
 
     spec, arm_spec = DATASETS[args.dataset], ARMS[arm]
-    cfg = load_config(REPO / "src" / "gspdml" / "configs" / spec["config"])
+    cfg = load_config(spec["config"])
     pooling_kwargs = dict(cfg.model.pooling_kwargs)
     pooling_kwargs["num_prototypes"] = args.prototypes
     if args.eps is not None:
@@ -112,17 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from gspdml.analysis.commands import eval_transform
     from gspdml.analysis.zeroshot import class_means, collect_model_outputs, evaluate_zero_shot
-    from gspdml.data import build_dataset
     from gspdml.engine import train
+    from gspdml.engine.datasets import make_split
+    from gspdml.io import write_json
 
     spec = DATASETS[args.dataset]
     base = make_config(args, args.arms[0], args.seeds[0])
-    eval_sets = {
-        split: build_dataset(args.dataset, base.data.root, split, transform=eval_transform(base), **base.data.options)
-        for split in spec["eval_splits"]
-    }
+    eval_sets = {split: make_split(base, split, False) for split in spec["eval_splits"]}
     runs = []
     start_all = time.perf_counter()
     for arm in args.arms:
@@ -175,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "study": "zero-shot attribute MAP of GSP without vs with L_ZS (issue 6 item 5)",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "base_config": f"configs/{spec['config']}",
+        "base_config": spec["config"],
         "backbone": base.model.backbone,
         "chance_map": chance,
         "summary": table,
@@ -187,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = Path(args.out.format(dataset=args.dataset))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    write_json(path, out)
 
     print(f"\nzero-shot attribute MAP on {args.dataset} (mean ± std over seeds {args.seeds}; chance {chance})")
     print(f"{'metric':<30}" + "".join(f"{arm:>20}" for arm in args.arms))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from gspdml.losses.presets import C2_MARGINS, PROXY_LOSSES
+
 HERE = Path(__file__).resolve().parent
 #: the configs ship inside the package (``gspdml train -c NAME`` finds them by name)
 OUT = HERE.parent / "src" / "gspdml" / "configs"
@@ -61,19 +63,9 @@ DATASETS = {
     },
 }
 
-# C2's MLRC-tuned (positive, negative) margins; In-shop (not in MLRC) takes SOP's product-retrieval values
-C2_MARGINS = {"cub": (0.0, 0.3841), "cars196": (0.2652, 0.5409), "sop": (0.2850, 0.5130), "inshop": (0.2850, 0.5130)}
-
-# loss name -> (kwargs, is proxy-based). Empty kwargs = the factory's reference defaults.
-LOSSES = {
-    "C1": ({}, False),
-    "C2": (None, False),  # per-dataset margins, filled below
-    "Triplet": ({}, False),
-    "MS": ({}, False),
-    "XBM": ({}, False),
-    "PNCA": ({}, True),
-    "PAnchor": ({}, True),
-}
+# the paper's 7 losses; their settings are the reference defaults of gspdml.losses, except C2's
+# per-dataset margins (gspdml.losses.presets.C2_MARGINS), which the configs spell out
+LOSSES = ("C1", "C2", "Triplet", "MS", "XBM", "PNCA", "PAnchor")
 
 POOLINGS = ("gsp", "gap")
 
@@ -87,10 +79,11 @@ def merge(a: dict, b: dict) -> dict:
 
 def build(dataset: str, loss: str, pooling: str) -> dict:
     ds = DATASETS[dataset]
-    kwargs, proxy = LOSSES[loss]
-    if kwargs is None:
+    kwargs = {}
+    if loss == "C2":
         pos, neg = C2_MARGINS[dataset]
         kwargs = {"pos_margin": pos, "neg_margin": neg}
+    proxy = loss in PROXY_LOSSES
     name = f"{dataset}_{loss.lower()}_{pooling}"
     cfg = merge(BASE, {"name": name, "output_dir": "runs", "data": ds["data"]})
     cfg["loss"] = {"name": loss, "kwargs": dict(kwargs)}

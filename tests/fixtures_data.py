@@ -38,6 +38,15 @@ CIFAR100_HIERARCHY = {
 }
 
 
+def check_contract(ds, expected_raw):
+    """Assert the dataset contract: ``labels`` (int64) == rank of the raw id among the sorted distinct ids."""
+    order = sorted(set(expected_raw))
+    assert ds.labels.dtype == np.int64
+    assert ds.labels.tolist() == [order.index(r) for r in expected_raw]
+    assert ds.num_classes == len(order)
+    assert set(ds.labels.tolist()) == set(range(ds.num_classes))
+
+
 def color_of(index: int) -> tuple[int, int, int]:
     """The solid colour of fixture image ``index`` (distinct for index < 4096, 15 apart per channel)."""
     return (8 + 15 * (index % 16), 8 + 15 * ((index // 16) % 16), 8 + 15 * ((index // 256) % 16))

@@ -81,6 +81,8 @@ def test_wrong_type_names_key_value_and_type():
         ("optim.name=rmsprop", "adam, adamw, sgd"),
         ("optim.scheduler=linear", "none, cosine, step"),
         ("train.device=tpu", "auto, cpu, cuda"),
+        ("train.device=cuda:x", r"'train.device': unknown value 'cuda:x'.*cuda:N"),
+        ("train.device=cpu:0", "'train.device': unknown value 'cpu:0'"),
         ("loss.zero_shot.weight=1.5", r"\[0, 1\]"),
         ("eval.recall_ks=[0]", "positive ints"),
         ("optim.lr=-1", "positive"),
@@ -91,6 +93,17 @@ def test_wrong_type_names_key_value_and_type():
 def test_value_checks(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [override])
+
+
+def test_device_accepts_cuda_with_an_index():
+    # whether the device exists is checked when training starts (gspdml.engine.distributed.resolve_device)
+    assert load_config(None, ["train.device=cuda:1"]).train.device == "cuda:1"
+
+
+def test_removed_proxy_lr_mult_points_to_the_loss_keyword():
+    with pytest.raises(ConfigError, match=r"'optim.proxy_lr_mult' was removed; set loss.kwargs.proxy_lr_mult"):
+        load_config(None, ["optim.proxy_lr_mult=7"])
+    assert load_config(None, ["loss.kwargs.proxy_lr_mult=7"]).loss.kwargs == {"proxy_lr_mult": 7}
 
 
 def test_bad_files(tmp_path):

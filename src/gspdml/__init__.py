@@ -15,11 +15,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # pooling
-    "GSP": "gspdml.pooling.gsp",
-    "partial_transport": "gspdml.pooling.functional",
-    "TransportResult": "gspdml.pooling.functional",
-    "build_pooling": "gspdml.pooling.registry",
-    "POOLINGS": "gspdml.pooling.registry",
+    "GSP": "gspdml.pooling",
+    "partial_transport": "gspdml.pooling",
+    "TransportResult": "gspdml.pooling",
+    "build_pooling": "gspdml.pooling",
+    "POOLINGS": "gspdml.pooling",
     # models
     "EmbeddingModel": "gspdml.models",
     "build_model": "gspdml.models",

@@ -1,10 +1,10 @@
-"""Typed training configuration that maps one-to-one onto the YAML files in ``configs/``.
+"""Typed training configuration that maps one-to-one onto the YAML files in ``gspdml/configs/``.
 
 A config is a :class:`TrainConfig` with the sections ``data``, ``model``, ``loss`` (with its
 ``zero_shot`` sub-section), ``optim``, ``train`` and ``eval``, plus the top-level ``name`` and
 ``output_dir``. Every field has a default, so a YAML file only lists what differs::
 
-    cfg = load_config("configs/cub_ms_gsp.yaml", overrides=["loss.name=Triplet", "train.max_steps=100"])
+    cfg = load_config("cub_ms_gsp", overrides=["loss.name=Triplet", "train.max_steps=100"])
     cfg.optim.lr            # 1e-05
     save_config(cfg, "run/config.yaml")
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,13 +45,18 @@ __all__ = [
     "validate_config",
     "find_config",
     "shipped_configs",
+    "parse_device",
     "OPTIMIZERS",
     "SCHEDULERS",
+    "DEVICES",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "step")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+#: keys that moved: old key -> where the setting lives now
+_MOVED_KEYS = {"optim.proxy_lr_mult": "loss.kwargs.proxy_lr_mult"}
 
 
 @dataclass
@@ -130,8 +136,6 @@ class OptimConfig:
     no_decay_norm_bias: bool = True
     momentum: float = 0.9
     """Used by ``sgd`` only."""
-    proxy_lr_mult: Optional[float] = None
-    """Learning-rate multiplier of the loss's proxies; ``null`` keeps the loss's default (x100; x4000 with NIR)."""
     scheduler: str = "none"
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many steps (any scheduler)."""
@@ -161,6 +165,7 @@ class LoopConfig:
     """Mixed precision; ``null`` = on when training on CUDA."""
     seed: int = 0
     device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` (this process's GPU) or ``cuda:N``."""
     grad_clip: Optional[float] = None
     """Clip the global gradient norm to this value (``null``: no clipping)."""
     log_every: int = 50
@@ -277,6 +282,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
+    for k in unknown:
+        old = f"{prefix}.{k}" if prefix else k
+        if old in _MOVED_KEYS:
+            raise ConfigError(f"config key {old!r} was removed; set {_MOVED_KEYS[old]} instead")
     if unknown:
         raise ConfigError(
             f"unknown config key{'s' if len(unknown) > 1 else ''} "
@@ -313,6 +322,17 @@ def _choice(key: str, value: str, choices) -> None:
         raise ConfigError(f"config key {key!r}: unknown value {value!r}; valid choices are: {', '.join(choices)}")
 
 
+def parse_device(spec: str, key: str | None = None) -> tuple[str, int | None]:
+    """Parse a device spec (one of :data:`DEVICES`) into ``(kind, index)``: ``("cuda", 1)`` for
+    ``cuda:1``, ``("cpu", None)`` for ``cpu``. Raises ConfigError naming ``key`` (a config key) when
+    given, else the device, for anything else. Whether the device exists is not checked here."""
+    m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", str(spec).strip().lower())
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        where = f"config key {key!r}: unknown value" if key else "unknown device"
+        raise ConfigError(f"{where} {spec!r}; valid choices are: {', '.join(DEVICES)}")
+    return m.group(1), None if m.group(2) is None else int(m.group(2))
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Check values and ranges that a type alone does not catch (raises ConfigError)."""
     d = cfg.data
@@ -344,7 +364,7 @@ def validate_config(cfg: TrainConfig) -> None:
     if o.warmup_steps < 0 or o.step_size < 1:
         raise ConfigError("config keys 'optim.warmup_steps' (>= 0) and 'optim.step_size' (>= 1) out of range")
     t = cfg.train
-    _choice("train.device", t.device.lower(), DEVICES)
+    parse_device(t.device, "train.device")
     if t.max_epochs < 1:
         raise ConfigError(f"config key 'train.max_epochs': expected an int >= 1, got {t.max_epochs}")
     if t.max_steps is not None and t.max_steps < 1:

@@ -42,7 +42,7 @@ def test_ddp_two_cpu_processes_match_averaged_gradients(tmp_path):
     # import what DDP and the engine import lazily once here, so the forked children need not
     import torch._dynamo  # noqa: F401
     import gspdml.data.samplers, gspdml.engine.trainer, gspdml.evaluation.metrics  # noqa: F401, E401
-    import gspdml.losses.factory, gspdml.models.embedding  # noqa: F401, E401
+    import gspdml.losses.builtin, gspdml.models.embedding  # noqa: F401, E401
     # fork: the children inherit the imported modules (spawn would re-import torch in each)
     mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True,
                        start_method="fork")
@@ -54,16 +54,17 @@ def test_ddp_two_cpu_processes_match_averaged_gradients(tmp_path):
     assert r0["final"] == pytest.approx(r1["final"])
 
     # single-process reference: step s averages the losses of plan batches 2s (rank 0) and 2s+1 (rank 1)
-    from gspdml.data import ClassBalancedBatchSampler
-    from gspdml.engine.trainer import RelabeledDataset, TrainModule, seed_everything
+    from gspdml.data import ClassBalancedBatchSampler, relabeled
+    from gspdml.engine.checkpoint import seed_everything
     from gspdml.engine.evaluate import embed_dataset
+    from gspdml.engine.state import TrainModule
     from gspdml.evaluation.metrics import compute_retrieval_metrics
     from gspdml.losses import build_loss
     from gspdml.models import build_model
 
     cfg = tiny_config(None, DDP_OVERRIDES)
     seed_everything(cfg.train.seed)  # rank 0's seed: the model DDP broadcasts
-    ds = RelabeledDataset(Blobs(12, 6))
+    ds = relabeled(Blobs(12, 6))
     module = TrainModule(build_model(cfg.model), build_loss("C1", num_classes=12, embedding_dim=8), None, 0.0)
     module.train()
     opt = torch.optim.SGD(module.parameters(), lr=0.05)
@@ -83,3 +84,47 @@ def test_ddp_two_cpu_processes_match_averaged_gradients(tmp_path):
     # evaluation gathered over ranks (strided shards) = evaluation in one process
     emb, labels = embed_dataset(module.model, Blobs(6, 5, seed=1, first_class=100), progress=False)
     assert r0["final"] == pytest.approx(compute_retrieval_metrics(emb, labels), abs=1e-6)
+
+
+def _fake_cuda(monkeypatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+@pytest.mark.parametrize("spec, count, expected", [
+    ("cpu", 0, "cpu"), ("CPU", 2, "cpu"), ("auto", 0, "cpu"), ("auto", 2, "cuda:0"),
+    ("cuda", 1, "cuda:0"), ("cuda:1", 2, "cuda:1"), ("cuda:0", 1, "cuda:0"),
+])
+def test_resolve_device_gives_the_device_asked_for(monkeypatch, spec, count, expected):
+    from gspdml.engine.distributed import resolve_device
+
+    _fake_cuda(monkeypatch, count)
+    assert resolve_device(spec) == torch.device(expected)
+
+
+def test_resolve_device_uses_the_local_rank_for_cuda(monkeypatch):
+    from gspdml.engine.distributed import resolve_device
+
+    _fake_cuda(monkeypatch, 2)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda", 0)  # an explicit index wins
+
+
+@pytest.mark.parametrize("spec, count, local_rank, match", [
+    ("cuda", 0, 0, r"device 'cuda' was asked for but no CUDA device is available"),
+    ("cuda:0", 0, 0, r"'cuda:0' was asked for but no CUDA device is available"),
+    ("cuda:1", 1, 0, r"device 'cuda:1' is not available: this machine has 1 CUDA device\(s\) \(cuda:0\)"),
+    ("cuda:3", 2, 0, r"'cuda:3' is not available: this machine has 2 CUDA device\(s\) \(cuda:0 to cuda:1\)"),
+    ("cuda", 2, 2, r"'cuda' \(cuda:2, this process's LOCAL_RANK\) is not available"),
+    ("tpu", 2, 0, r"unknown device 'tpu'; valid choices are: auto, cpu, cuda, cuda:N"),
+    ("cpu:1", 2, 0, r"unknown device 'cpu:1'"),
+    ("cuda:x", 2, 0, r"unknown device 'cuda:x'"),
+])
+def test_resolve_device_never_falls_back_silently(monkeypatch, spec, count, local_rank, match):
+    from gspdml.engine.distributed import resolve_device
+    from gspdml.errors import ConfigError
+
+    _fake_cuda(monkeypatch, count)
+    with pytest.raises(ConfigError, match=match):
+        resolve_device(spec, local_rank=local_rank)

@@ -1,4 +1,5 @@
-"""The paper's losses against naive references written here (explicit loops over pairs/triplets)."""
+"""The built-in losses against naive references written here (explicit loops over pairs/triplets),
+the LOSSES registry and its messages, and "+NIR" over any proxy-loss builder."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from gspdml.errors import ConfigError, InputError
-from gspdml.losses.factory import C2_MARGINS, LOSSES, build_loss, loss_arguments
+from gspdml.losses import LOSSES, build_loss, loss_arguments, with_nir
+from gspdml.losses.builtin import proxy_anchor
+from gspdml.losses.presets import C2_MARGINS
+from gspdml.losses.wrappers import NIRProxyLoss, ProxyLoss
 
 
 pytestmark = pytest.mark.usefixtures("float64_default")  # tight tolerances against naive references
@@ -217,12 +221,29 @@ def test_registry_names_and_errors():
         build_loss("MS", 3, 4, margin=0.1)
     with pytest.raises(ConfigError, match="num_classes"):
         build_loss("PAnchor", 0, 4)
-    with pytest.raises(InputError, match="built for 4"):
-        build_loss("C1", 3, 4)(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(InputError, match="labels must be a"):
-        build_loss("C1", 3, 4)(torch.randn(4, 4), torch.zeros(3, dtype=torch.long))
-    # every loss accepts and validates 'dataset'
-    for name in LOSSES:
-        assert "dataset" in loss_arguments(name)
-        build_loss(name, 3, 4, dataset="sop")
     assert loss_arguments("PAnchor") == {"alpha": 32.0, "margin": 0.1, "proxy_lr_mult": 100.0, "dataset": None}
+
+
+def test_nir_variants_are_one_wrapper_over_the_proxy_builders():
+    assert list(loss_arguments("PAnchor+NIR")) == [
+        "dataset", "proxy_weight", "alpha", "margin", "proxy_lr_mult", "flow_lr_mult",
+        "num_blocks", "hidden", "num_hidden_layers", "clamp", "objective",
+    ]
+    assert list(loss_arguments("PNCA+NIR"))[:4] == ["dataset", "proxy_weight", "softmax_scale", "proxy_lr_mult"]
+    assert loss_arguments("PNCA+NIR")["proxy_lr_mult"] == 4000.0 and loss_arguments("PNCA+NIR")["dataset"] == "cub"
+    # any proxy-loss builder gets NIR: its own settings are passed through, unknown ones rejected
+    seen = {}
+
+    def scaled_anchor(num_classes, embedding_dim, scale=2.0, proxy_lr_mult=100.0, dataset=None):
+        seen["scale"] = scale
+        return proxy_anchor(num_classes, embedding_dim, alpha=16.0 * scale, proxy_lr_mult=proxy_lr_mult)
+
+    builder = with_nir(scaled_anchor, "Scaled+NIR")
+    loss = builder(3, 4, scale=3.0, proxy_weight=0.2, num_blocks=1, hidden=4, num_hidden_layers=1)
+    assert isinstance(loss, NIRProxyLoss) and isinstance(loss.proxy_loss, ProxyLoss)
+    assert seen["scale"] == 3.0 and loss.proxy_weight == 0.2 and loss.proxy_lr_mult == 4000.0
+    assert len(loss.nir.flow.blocks) == 1
+    with pytest.raises(TypeError):
+        builder(3, 4, margin=0.1)
+    with pytest.raises(ConfigError, match="'Scaled\\+NIR': give dataset"):
+        builder(3, 4, dataset=None)

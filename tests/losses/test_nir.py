@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from gspdml.errors import ConfigError, InputError
-from gspdml.losses.factory import NIR_WEIGHTS, build_loss
+from gspdml.losses import build_loss
 from gspdml.losses.nir import ConditionalFlow, NIRLoss
+from gspdml.losses.presets import NIR_WEIGHTS
 
 
 pytestmark = pytest.mark.usefixtures("float64_default")  # tight tolerances against naive references

@@ -8,6 +8,7 @@ import torch
 
 from gspdml.errors import InputError
 from gspdml.losses.zeroshot import ZeroShotLoss, ridge_fit, split_classes
+from gspdml.pooling import GSP
 
 
 def _marginals(b: int, m: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
@@ -146,10 +147,9 @@ def test_gradients_reach_features_and_class_table_without_gsp():
 
 @pytest.mark.parametrize("mu", [0.3, 1.0])  # GSP and the paper's "GAP + attributes" (mu = 1)
 def test_gradients_reach_gsp_prototypes_class_table_and_features(mu):
-    gsp_module = pytest.importorskip("gspdml.pooling.gsp")
     torch.manual_seed(0)
     labels = torch.arange(4).repeat_interleave(3)
-    pool = gsp_module.GSP(dim=8, num_prototypes=5, mu=mu, eps=5.0, init="random").double()
+    pool = GSP(dim=8, num_prototypes=5, mu=mu, eps=5.0, init="random").double()
     x = torch.randn(labels.numel(), 8, 3, 3, dtype=torch.float64, requires_grad=True)
     _, details = pool(x, return_details=True)
     z = details["marginals"]
@@ -227,10 +227,9 @@ def test_errors_for_bad_halves_and_options():
 # --------------------------------------------------------------------------- with every engine loss
 def test_zero_shot_trains_with_every_engine_loss():
     """(1 - λ) L_DML + λ L_ZS through the engine's TrainModule: finite, and gradients reach the
-    prototypes, the class table and the backbone for every DML loss of the factory."""
-    pytest.importorskip("gspdml.pooling.gsp")
-    from gspdml.engine.trainer import TrainModule
-    from gspdml.losses.factory import LOSSES, build_loss
+    prototypes, the class table and the backbone for every DML loss of LOSSES."""
+    from gspdml.engine.state import TrainModule
+    from gspdml.losses import LOSSES, build_loss
     from gspdml.models import build_model
 
     labels = torch.arange(4).repeat_interleave(3)

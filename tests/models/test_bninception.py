@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gspdml.errors import CheckpointError, ConfigError
-from gspdml.models.backbones import build_backbone
+from gspdml.models import build_backbone
 from gspdml.models.bninception import KEY_COUNT, WEIGHTS_FILE_NAME, BNInception, load_bninception_weights
 
 # Keys and shapes of the real bn_inception-52deb4733.pth (Cadene's pretrainedmodels layout).

@@ -1,7 +1,6 @@
 """EmbeddingModel: projection, pooling, normalisation, frozen BN, parameter groups, build_model."""
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
 import pytest
@@ -10,11 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gspdml.errors import ConfigError
-from gspdml.models.backbones import BACKBONES
-from gspdml.models.embedding import EmbeddingModel, build_model
-from gspdml.pooling.baselines import Pooling
-
-HAS_GSP = importlib.util.find_spec("gspdml.pooling.gsp") is not None
+from gspdml.models import BACKBONES, EmbeddingModel, build_model
+from gspdml.pooling import Pooling
 
 
 class MapBackbone(nn.Module):
@@ -114,7 +110,7 @@ def test_param_groups_split():
 
 
 def test_build_model_from_config_object_and_keywords():
-    BACKBONES["test-map"] = lambda pretrained=None: MapBackbone()
+    BACKBONES.register("test-map", lambda pretrained=None: MapBackbone())
     try:
         cfg = SimpleNamespace(
             backbone="test-map", pretrained=None, backbone_kwargs={}, local_dim=8,
@@ -138,7 +134,7 @@ def test_build_model_from_config_object_and_keywords():
         with pytest.raises(ConfigError, match="does not accept"):
             build_model(backbone="test-map", pooling="gap", pooling_kwargs={"mu": 0.3})
     finally:
-        BACKBONES.pop("test-map")
+        BACKBONES.unregister("test-map")
 
 
 def test_bninception_embedding_model_small_input():
@@ -148,7 +144,6 @@ def test_bninception_embedding_model_small_input():
     assert emb.shape == (1, 16) and torch.allclose(emb.norm(dim=1), torch.ones(1))
 
 
-@pytest.mark.skipif(not HAS_GSP, reason="gspdml.pooling.gsp not available yet")
 def test_gsp_embedding_model_on_vit_tokens():
     model = build_model(
         backbone="timm:vit_tiny_patch16_224", backbone_kwargs={"img_size": 32}, pooling="gsp",
@@ -161,7 +156,6 @@ def test_gsp_embedding_model_on_vit_tokens():
     assert torch.allclose(details["weights"].sum(1), torch.ones(2), atol=1e-5)
 
 
-@pytest.mark.skipif(not HAS_GSP, reason="gspdml.pooling.gsp not available yet")
 def test_gsp_prototypes_get_no_weight_decay():
     model = EmbeddingModel(MapBackbone(), local_dim=4, pooling="gsp", pooling_kwargs={"num_prototypes": 3})
     groups = {g["name"]: {id(p) for p in g["params"]} for g in model.param_groups(1e-4)}

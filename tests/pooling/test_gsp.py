@@ -11,8 +11,8 @@ import torch
 import gspdml
 from gspdml.errors import InputError
 from gspdml.pooling import GSP as GSPFromPooling
-from gspdml.pooling.functional import partial_transport
 from gspdml.pooling.gsp import GSP, kcenter_greedy
+from gspdml.pooling.transport import partial_transport
 
 
 def naive_cost(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:

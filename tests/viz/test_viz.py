@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from gspdml.analysis.zeroshot import class_means
 from gspdml.errors import InputError
-from gspdml.viz.prototypes import class_prototype_histograms, plot_prototype_histograms, prototype_colors
+from gspdml.viz.prototypes import plot_prototype_histograms, prototype_colors
 from gspdml.viz.weights import (
     dominant_prototypes,
     plot_weight_maps,
@@ -57,7 +58,7 @@ def test_dominant_prototypes_is_argmax_over_prototypes():
 
 @pytest.mark.parametrize("mu,eps", [(0.3, 5.0), (0.7, 0.5), (1.0, 20.0)])
 def test_nearest_prototypes_is_argmax_of_the_solved_plan(mu, eps):
-    from gspdml.pooling.functional import partial_transport, prototype_cost
+    from gspdml.pooling import partial_transport, prototype_cost
     from gspdml.viz.weights import nearest_prototypes
 
     g = torch.Generator().manual_seed(0)
@@ -114,7 +115,7 @@ def test_prototype_histograms_write_png_and_class_means(tmp_path):
     rng = np.random.default_rng(1)
     z = rng.dirichlet(np.ones(8), size=40)
     labels = np.repeat(np.arange(10), 4)
-    classes, z_per_class = class_prototype_histograms(z, labels)
+    classes, z_per_class = class_means(z, labels)
     assert classes.tolist() == list(range(10))
     np.testing.assert_allclose(z_per_class[3], z[12:16].mean(0))
     path = plot_prototype_histograms(z_per_class, tmp_path / "protos.png", class_names=[f"c{i}" for i in range(10)])
@@ -137,62 +138,3 @@ def test_prototype_colors_are_distinct_and_stable():
     for m in (9, 18):  # no grey (equal r, g, b) in the qualitative palettes
         rgb = prototype_colors(m)[:, :3]
         assert (rgb.max(1) - rgb.min(1) > 0.05).all()
-
-
-# ------------------------------------------------------------------------------- CLI on a checkpoint
-def _checkpoint(tmp_path, dataset: str):
-    """An untrained small GSP model (digits: smallcnn, tokens: token_embedding) saved as a run folder."""
-    pytest.importorskip("gspdml.pooling.gsp")
-    from gspdml.config import TrainConfig, to_dict
-    from gspdml.engine.checkpoint import save_checkpoint
-    from gspdml.models import build_model
-
-    cfg = TrainConfig()
-    cfg.data.dataset, cfg.data.root, cfg.data.transform, cfg.data.normalization = dataset, "", "none", "none"
-    cfg.data.options = {"samples_per_class": 3, "seed": 0}
-    if dataset == "digits_collage":
-        cfg.model.backbone, cfg.model.backbone_kwargs = "smallcnn", {"widths": [8, 8, 16]}
-    else:
-        cfg.model.backbone, cfg.model.backbone_kwargs = "token_embedding", {"num_tokens": 68, "dim": 8}
-    cfg.model.local_dim = 16
-    cfg.model.pooling = "gsp"
-    cfg.model.pooling_kwargs = {"num_prototypes": 5}
-    cfg.model.freeze_bn = False
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    run = tmp_path / f"run_{dataset}"
-    save_checkpoint({"config": to_dict(cfg), "model": model.state_dict(), "num_classes": 8, "step": 0, "epoch": 0,
-                     "metrics": {}}, run / "checkpoints" / "best.pt")
-    return run
-
-
-def test_cli_viz_weights_and_prototypes_on_digits(tmp_path):
-    from gspdml.cli import main
-
-    run = _checkpoint(tmp_path, "digits_collage")
-    assert main(["viz", "weights", "--checkpoint", str(run), "--num", "6", "--device", "cpu"]) == 0
-    assert _is_png(run / "analysis" / "weights_digits_collage_test.png")
-    assert main(["viz", "weights", "--checkpoint", str(run), "--num", "4", "--by-prototype", "--device", "cpu",
-                 "--name", "dom.png"]) == 0
-    assert _is_png(run / "analysis" / "dom.png")
-    # own image files (greyscale PNGs for the one-channel smallcnn)
-    paths = []
-    for i in range(2):
-        p = tmp_path / f"img{i}.png"
-        Image.fromarray((np.random.rand(48, 48) * 255).astype(np.uint8)).save(p)
-        paths.append(str(p))
-    out = tmp_path / "figs"
-    assert main(["viz", "weights", "--checkpoint", str(run), "--images", *paths, "--out", str(out), "--device", "cpu"]) == 0
-    assert _is_png(out / "weights_images.png")
-    assert main(["viz", "prototypes", "--checkpoint", str(run), "--split", "train", "--quiet", "--device", "cpu"]) == 0
-    assert _is_png(run / "analysis" / "prototypes_digits_collage_train.png")
-
-
-def test_cli_viz_weights_rejects_token_models(tmp_path, capsys):
-    from gspdml.cli import main
-
-    run = _checkpoint(tmp_path, "tokens")
-    assert main(["viz", "weights", "--checkpoint", str(run), "--device", "cpu"]) == 2
-    assert "needs an image model" in capsys.readouterr().err
-    assert main(["viz", "prototypes", "--checkpoint", str(run), "--quiet", "--device", "cpu"]) == 0
-    assert _is_png(run / "analysis" / "prototypes_tokens_test.png")

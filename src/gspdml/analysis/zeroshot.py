@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from gspdml.errors import InputError
+from gspdml.io import format_table
 from gspdml.losses.zeroshot import ridge_fit
 
 __all__ = [
@@ -90,20 +91,16 @@ class ZeroShotEvaluation:
         """A small plain-text table of the result."""
         s = self.summary()
         rows = [
-            ("metric", "MAP (mean ± std)"),
             ("L2 distance", f"{s['map_l2_mean']:.4f} ± {s['map_l2_std']:.4f}"),
             ("cosine similarity", f"{s['map_cosine_mean']:.4f} ± {s['map_cosine_std']:.4f}"),
             ("chance (random ranking)", f"{s['chance_map']:.4f}"),
         ]
-        width = max(len(r[0]) for r in rows)
-        lines = [f"{a:<{width}}  {b}" for a, b in rows]
-        lines.insert(1, "-" * len(lines[0]))
-        header = (
+        title = (
             f"zero-shot attribute prediction: {self.num_classes} classes, fit on "
             f"{self.num_classes - self.num_held_out}, predict {self.num_held_out}; "
             f"{self.num_prototypes} prototypes; {self.repeats} random splits (seed {self.seed})"
         )
-        return header + "\n" + "\n".join(lines)
+        return title + "\n" + format_table(["metric", "MAP (mean ± std)"], rows, markdown=False)
 
 
 def _as_2d_float(name: str, array) -> np.ndarray:

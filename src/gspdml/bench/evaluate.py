@@ -7,14 +7,12 @@ give the same numbers, and are timed (best of ``--repeats``).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import numpy as np
 import torch
 
-__all__ = ["add_arguments", "run", "synthetic_embeddings", "bench_eval"]
+__all__ = ["synthetic_embeddings", "bench_eval", "report"]
 
 
 def synthetic_embeddings(num: int = 60_000, dim: int = 128, num_classes: int = 11_000, noise: float = 1.5,
@@ -45,8 +43,13 @@ def _time(fn, repeats: int):
 
 def bench_eval(num: int = 60_000, dim: int = 128, num_classes: int = 11_000, repeats: int = 1, seed: int = 0) -> dict:
     """Time both implementations on the same synthetic embeddings; return a result dict."""
+    from gspdml.errors import InputError
     from gspdml.evaluation.metrics import compute_retrieval_metrics
     from gspdml.evaluation.naive import naive_retrieval_metrics
+
+    if num < 4 or num_classes < 2 or num_classes * 2 > num:
+        raise InputError(f"need at least 2 samples per class: {num} embeddings, {num_classes} classes")
+    repeats = max(int(repeats), 1)
 
     x, y = synthetic_embeddings(num, dim, num_classes, seed=seed)
     wx, wy = synthetic_embeddings(600, dim, 100, seed=seed + 1)  # warm-up: imports, faiss/BLAS init
@@ -63,36 +66,13 @@ def bench_eval(num: int = 60_000, dim: int = 128, num_classes: int = 11_000, rep
     }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num", type=int, default=60_000, help="number of embeddings (default 60,000)")
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--classes", type=int, default=11_000, help="number of classes (default 11,000)")
-    parser.add_argument("--repeats", type=int, default=1, help="time the best of N runs")
-    parser.add_argument("--threads", type=int, default=None, help="torch/faiss threads (default: all)")
-    parser.add_argument("--quick", action="store_true", help="tiny version: 6,000 x 128, 1,100 classes")
-    parser.add_argument("--json", metavar="FILE", help="write the result as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    from gspdml.errors import InputError
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        import faiss
-
-        faiss.omp_set_num_threads(args.threads)
-    num, classes = (6_000, 1_100) if args.quick else (args.num, args.classes)
-    if num < 4 or classes < 2 or classes * 2 > num:
-        raise InputError(f"need at least 2 samples per class: --num {num} --classes {classes}")
-    res = bench_eval(num, args.dim, classes, repeats=max(args.repeats, 1))
-    print(f"MAP@R evaluation on {res['num_embeddings']:,} x {res['dim']} embeddings, {res['num_classes']:,} classes "
-          f"(max class size {res['max_class_size']}), {res['threads']} threads")
-    print(f"  ours (PML AccuracyCalculator + faiss kNN): {res['ours_s']:8.2f} s")
-    print(f"  plain torch brute force               : {res['naive_s']:8.2f} s")
-    print(f"  speed-up {res['speedup']:.2f}x; metrics agree to {res['max_abs_difference']:.1e} "
-          f"(MAP@R {res['metrics']['map_at_r']:.4f}, P@1 {res['metrics']['precision_at_1']:.4f})")
-    if args.json:
-        from pathlib import Path
-
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    return 0
+def report(res: dict) -> str:
+    """The printed summary of :func:`bench_eval`'s result."""
+    return "\n".join([
+        f"MAP@R evaluation on {res['num_embeddings']:,} x {res['dim']} embeddings, {res['num_classes']:,} classes "
+        f"(max class size {res['max_class_size']}), {res['threads']} threads",
+        f"  ours (PML AccuracyCalculator + faiss kNN): {res['ours_s']:8.2f} s",
+        f"  plain torch brute force               : {res['naive_s']:8.2f} s",
+        f"  speed-up {res['speedup']:.2f}x; metrics agree to {res['max_abs_difference']:.1e} "
+        f"(MAP@R {res['metrics']['map_at_r']:.4f}, P@1 {res['metrics']['precision_at_1']:.4f})",
+    ])

@@ -16,41 +16,24 @@ gradients) on a clustered eps = 20 case, where the fixed point converges slowly.
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from gspdml.errors import InputError
-from gspdml.pooling.functional import _cost_t, solve_t, weighted_sum
+from gspdml.io import format_table
+from gspdml.pooling.transport import cost_points_by_prototypes, solve_points_first, weighted_sum
 
 SHAPES = [(32, 64, 49, 128), (32, 128, 49, 512), (32, 128, 196, 512), (64, 64, 784, 128)]
 METHODS = ("gap", "floor", "exact", "fixed_point")
 MU, EPS, ITERS = 0.3, 5.0, 100
 # Normalised vectors have norm <= 1, so every GSP cost lies in [0, 2] (same hint the layer uses).
 _COST_BOUND = 2.0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats (3) for a fast smoke run; same shapes")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats per method and shape (default: 15, or 3 with --quick)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default 0: leave torch's default)")
-    parser.add_argument("--out", default="bench_results/gsp.json", help="JSON output path")
-    parser.add_argument("--system-malloc", action="store_true",
-                        help="keep glibc's default malloc thresholds (see benchmarks/README.md)")
-    parser.add_argument("--check", action="store_true",
-                        help="exit with status 1 unless exact <= 1.3x floor and exact < fixed_point everywhere")
 
 
 def tune_glibc_malloc() -> bool:
@@ -76,16 +59,16 @@ def _sync(device: torch.device) -> None:
 
 def gsp_pool(feats: torch.Tensor, protos: torch.Tensor, solver: str):
     """What ``GSP.forward`` computes (without input validation): pooled (B, D) and z (B, m)."""
-    ct = _cost_t(feats, protos)
-    weights, _, marginals, _ = solve_t(ct, MU, EPS, solver=solver, iters=ITERS, with_plan=False,
-                                       cost_bound=_COST_BOUND)
+    cost_nm = cost_points_by_prototypes(feats, protos)
+    weights, _, marginals, _ = solve_points_first(cost_nm, MU, EPS, solver=solver, iters=ITERS,
+                                                  with_plan=False, cost_bound=_COST_BOUND)
     return weighted_sum(feats, weights), marginals
 
 
 def floor_pool(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     """The cost floor: the same cost code, weights = mean cost over prototypes, weighted sum."""
-    ct = _cost_t(feats, protos)
-    return weighted_sum(feats, ct.mean(-1))
+    cost_nm = cost_points_by_prototypes(feats, protos)
+    return weighted_sum(feats, cost_nm.mean(-1))
 
 
 def _steps(B: int, m: int, n: int, D: int, device, gen) -> dict[str, Callable[[], None]]:
@@ -163,8 +146,8 @@ def fixed_point_error(eps: float = 20.0, iters: int = ITERS) -> dict:
     for solver in ("exact", "fixed_point"):
         f = feats.clone().requires_grad_()
         w = protos.clone().requires_grad_()
-        ct = _cost_t(f, w)
-        weights, _, z, _ = solve_t(ct, MU, eps, solver=solver, iters=iters, with_plan=False)
+        cost_nm = cost_points_by_prototypes(f, w)
+        weights, _, z, _ = solve_points_first(cost_nm, MU, eps, solver=solver, iters=iters, with_plan=False)
         loss = (weighted_sum(f, weights) * g_out).sum() + (z * g_z).sum()
         gf, gw = torch.autograd.grad(loss, (f, w))
         out[solver] = (weights.detach(), torch.cat([gf.flatten(), gw.flatten()]))
@@ -178,39 +161,31 @@ def fixed_point_error(eps: float = 20.0, iters: int = ITERS) -> dict:
     }
 
 
-def format_table(rows: list[dict]) -> str:
-    head = ("| (B, m, n, D) | GAP ms | floor ms | exact ms | exact/floor | fixed_point(100) ms "
-            "| fixed/exact |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| ({r['B']}, {r['m']}, {r['n']}, {r['D']}) | {r['gap_ms']:.2f} | {r['floor_ms']:.2f} | "
-            f"{r['exact_ms']:.2f} | {r['exact_over_floor']:.2f} | {r['fixed_point_ms']:.2f} | "
-            f"{r['fixed_over_exact']:.2f} |"
-        )
-    return "\n".join(lines)
+def results_table(rows: list[dict]) -> str:
+    """The timing rows as a Markdown table (ms per forward + backward, and the two ratios)."""
+    header = ["(B, m, n, D)", "GAP ms", "floor ms", "exact ms", "exact/floor", "fixed_point(100) ms", "fixed/exact"]
+    body = [[f"({r['B']}, {r['m']}, {r['n']}, {r['D']})", f"{r['gap_ms']:.2f}", f"{r['floor_ms']:.2f}",
+             f"{r['exact_ms']:.2f}", f"{r['exact_over_floor']:.2f}", f"{r['fixed_point_ms']:.2f}",
+             f"{r['fixed_over_exact']:.2f}"] for r in rows]
+    return format_table(header, body)
 
 
-def run(args: argparse.Namespace) -> int:
+def bench_gsp(device: str | torch.device = "cpu", repeats: int = 15, tune_malloc: bool = True,
+              progress: bool = True) -> dict:
+    """Time every method at every shape and measure the fixed point's error; returns the result
+    (settings, ``rows``, ``fixed_point_accuracy`` and ``targets_met``: exact <= 1.3x floor and exact
+    faster than the fixed point at every shape)."""
     from tqdm import tqdm
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        raise InputError(f"--device {args.device!r} is not a valid torch device ({exc})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was requested but CUDA is not available on this machine")
-    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 15)
+    from gspdml.engine.distributed import resolve_device
+
+    device = resolve_device(str(device))
     if repeats < 1:
-        raise InputError(f"--repeats must be >= 1, got {repeats}")
-    if args.threads < 0:
-        raise InputError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    malloc_tuned = False if args.system_malloc else tune_glibc_malloc()
+        raise InputError(f"repeats must be >= 1, got {repeats}")
+    malloc_tuned = tune_glibc_malloc() if tune_malloc else False
     gen = torch.Generator().manual_seed(0)
     rows = []
-    for shape in tqdm(SHAPES, desc="bench gsp", unit="shape"):
+    for shape in tqdm(SHAPES, desc="bench gsp", unit="shape", disable=not progress):
         rows.append(time_shape(shape, device, repeats, gen))
     accuracy = fixed_point_error()
     met = {
@@ -219,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     }
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else (platform.processor() or platform.machine()))
-    result = {
+    return {
         "benchmark": "gsp",
         "timing": "median over repeats of forward+backward, wall clock (ms); *_cpu_ms: process CPU time",
         "device": str(device),
@@ -234,25 +209,17 @@ def run(args: argparse.Namespace) -> int:
         "fixed_point_accuracy": accuracy,
         "targets_met": met,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"GSP forward+backward on {device} ({device_name}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s), median of {repeats} repeats, mu={MU}, eps={EPS}"
-          + (", glibc malloc tuned" if malloc_tuned else ""))
-    print(format_table(rows))
-    print(f"fixed_point({accuracy['iters']}) vs exact on {accuracy['case']}: relative weight error "
-          f"{accuracy['weight_rel_error']:.2e}, relative gradient error {accuracy['grad_rel_error']:.2e}")
-    print("targets: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in met.items()))
-    print(f"wrote {out}")
-    if args.check and not all(met.values()):
-        return 1
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python benchmarks/bench_gsp.py``."""
-    parser = argparse.ArgumentParser(prog="bench_gsp", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
+def report(result: dict) -> str:
+    """The printed summary of :func:`bench_gsp`'s result."""
+    accuracy, met = result["fixed_point_accuracy"], result["targets_met"]
+    return "\n".join([
+        f"GSP forward+backward on {result['device']} ({result['device_name']}), torch {result['torch']}, "
+        f"{result['threads']} thread(s), median of {result['repeats']} repeats, mu={result['mu']}, "
+        f"eps={result['eps']}" + (", glibc malloc tuned" if result["glibc_malloc_tuned"] else ""),
+        results_table(result["rows"]),
+        f"fixed_point({accuracy['iters']}) vs exact on {accuracy['case']}: relative weight error "
+        f"{accuracy['weight_rel_error']:.2e}, relative gradient error {accuracy['grad_rel_error']:.2e}",
+        "targets: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in met.items()),
+    ])

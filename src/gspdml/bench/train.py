@@ -8,14 +8,12 @@ time gives images/s; the GSP/GAP ratio is the number to compare with the target 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
 import torch
 
-__all__ = ["add_arguments", "run", "bench_train"]
+__all__ = ["bench_train", "report"]
 
 GSP_KWARGS = {"num_prototypes": 64, "mu": 0.3, "eps": 5.0, "solver": "exact"}
 
@@ -33,14 +31,14 @@ def bench_train(backbones=("bninception", "resnet50"), poolings=("gap", "gsp"), 
     from tqdm.auto import tqdm
 
     from gspdml.engine.distributed import resolve_device
-    from gspdml.engine.trainer import TrainModule
+    from gspdml.engine.state import TrainModule
     from gspdml.errors import InputError
     from gspdml.losses import ZeroShotLoss, build_loss
     from gspdml.models import build_model
 
     if batch_size % 4 or batch_size < 8:
         raise InputError(f"batch_size must be a multiple of 4 and >= 8 (classes x 4 samples), got {batch_size}")
-    dev = resolve_device(device)
+    dev = resolve_device(str(device))
     use_amp = (dev.type == "cuda") if amp is None else (amp and dev.type == "cuda")
     torch.manual_seed(seed)
     num_classes = batch_size // 4
@@ -92,41 +90,17 @@ def bench_train(backbones=("bninception", "resnet50"), poolings=("gap", "gsp"), 
     return rows
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbones", nargs="+", default=["bninception", "resnet50"])
-    parser.add_argument("--poolings", nargs="+", default=["gap", "gsp"], help="first one is the reference")
-    parser.add_argument("--image-size", type=int, default=227)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per pooling (median reported)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision on CUDA")
-    parser.add_argument("--loss", default="MS")
-    parser.add_argument("--zero-shot", action="store_true", help="add L_ZS to the GSP model's step")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--quick", action="store_true", help="tiny version: 64 px, batch 8, 2 steps")
-    parser.add_argument("--json", metavar="FILE", help="write the rows as JSON")
-    parser.add_argument("--no-progress", action="store_true")
+def report(rows: list[dict], loss: str = "MS") -> str:
+    """The printed summary of :func:`bench_train`'s rows (the first pooling is the reference)."""
+    from gspdml.io import format_table
 
-
-def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    size, batch, steps, warmup = args.image_size, args.batch_size, args.steps, args.warmup
-    if args.quick:
-        size, batch, steps, warmup = 64, 8, 2, 1
-    amp = {"auto": None, "on": True, "off": False}[args.amp]
-    rows = bench_train(tuple(args.backbones), tuple(args.poolings), size, batch, steps, warmup, args.device, amp,
-                       args.loss, args.zero_shot, progress=not args.no_progress)
-    ref = args.poolings[0]
-    print(f"training step, batch {batch}, {size} px, loss {args.loss}, device {rows[0]['device']}"
-          f"{' (AMP)' if rows[0]['amp'] else ''}, {rows[0]['threads']} threads, median of {steps} steps")
-    print(f"  {'backbone':<12} {'pooling':<8} {'step ms':>9} {'images/s':>9} {'vs ' + ref:>8}")
-    for r in rows:
-        print(f"  {r['backbone']:<12} {r['pooling']:<8} {r['step_ms']:9.1f} {r['images_per_s']:9.1f} "
-              f"{r['ratio_to_' + ref]:7.3f}x")
-    if args.json:
-        from pathlib import Path
-
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    return 0
+    first = rows[0]
+    ref = next(k for k in first if k.startswith("ratio_to_"))
+    head = (f"training step, batch {first['batch_size']}, {first['image_size']} px, loss {loss}, device "
+            f"{first['device']}{' (AMP)' if first['amp'] else ''}, {first['threads']} threads, median of "
+            f"{first['steps']} steps")
+    table = format_table(
+        ["backbone", "pooling", "step ms", "images/s", "vs " + ref[len("ratio_to_"):]],
+        [[r["backbone"], r["pooling"], f"{r['step_ms']:.1f}", f"{r['images_per_s']:.1f}", f"{r[ref]:.3f}x"]
+         for r in rows], markdown=False)
+    return head + "\n" + table

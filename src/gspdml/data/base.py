@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from gspdml.errors import DataError, unknown_choice
+from gspdml.errors import DataError, InputError, unknown_choice
 from gspdml.data.images import check_files_exist, find_unreadable, load_image, report_skipped
 
 
@@ -29,6 +29,13 @@ def check_split(dataset: str, split: str, choices: Sequence[str]) -> str:
     if split not in choices:
         raise unknown_choice(f"split for dataset {dataset!r}", split, choices)
     return split
+
+
+def check_positive_int(dataset: str, name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int if it is an integer >= ``minimum`` (bools are not); InputError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{dataset}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def remap_labels(raw_labels: Sequence, classes: Sequence | None = None) -> tuple[np.ndarray, list]:
@@ -81,7 +88,10 @@ def read_lines(path: str, dataset: str) -> list[str]:
 
 
 class LabeledDataset(Dataset):
-    """Base class: ``labels`` (0..C-1), ``raw_labels``, ``classes``, ``class_names``, ``num_classes``."""
+    """Base class: ``labels`` (0..C-1), ``raw_labels``, ``classes``, ``class_names``, ``num_classes``.
+
+    ``dataset[i]`` is ``(transform(load(i)), labels[i])``; a subclass implements :meth:`load`.
+    """
 
     labels: np.ndarray
     classes: list
@@ -104,6 +114,16 @@ class LabeledDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def load(self, index: int) -> Any:
+        """The raw input of sample ``index`` (before ``transform``); subclasses implement it."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        x = self.load(index)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[index])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, size={len(self)}, num_classes={self.num_classes})"
@@ -177,8 +197,6 @@ class ImageListDataset(LabeledDataset):
         self.query_mask = None if query_mask is None else np.asarray(query_mask, dtype=bool)
         self.gallery_mask = None if gallery_mask is None else np.asarray(gallery_mask, dtype=bool)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = load_image(self.paths[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
+    def load(self, index: int) -> Any:
+        """The decoded RGB PIL image of sample ``index``."""
+        return load_image(self.paths[index])

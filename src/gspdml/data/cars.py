@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gspdml.data.base import ImageListDataset, check_split, resolve_root
+from gspdml.data.registry import DATASETS
 from gspdml.data.splits import split_classes_in_half
 from gspdml.errors import DataError
 
@@ -64,6 +65,7 @@ def read_annotations(path: str) -> tuple[list[str], np.ndarray, dict[int, str]]:
     return paths, classes, class_names
 
 
+@DATASETS.register("cars196")
 def build(root: str, split: str, transform: Callable | None = None, *, verify: bool = False,
           skip_corrupt: bool = False, progress: bool | None = None) -> ImageListDataset:
     """Cars196 ``train`` (classes 1-98) or ``test`` (classes 99-196) split."""

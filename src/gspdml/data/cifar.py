@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gspdml.data.base import LabeledDataset, check_split, resolve_root
+from gspdml.data.base import LabeledDataset, check_split, remap_labels, resolve_root
+from gspdml.data.registry import DATASETS
 from gspdml.errors import DataError, unknown_choice
 
 SPLITS = ("train", "test")
@@ -122,26 +123,24 @@ class ArrayImageDataset(LabeledDataset):
 
     def __init__(self, images: np.ndarray, raw_labels: np.ndarray, class_names: list[str],
                  transform: Callable | None = None, name: str = "dataset", split: str = "") -> None:
-        from gspdml.data.base import remap_labels
-
         self.images = images
         self.labels, self.classes = remap_labels(np.asarray(raw_labels).tolist())
         self.class_names = [class_names[c] for c in self.classes]
         self.transform, self.name, self.split = transform, name, split
 
-    def __getitem__(self, index: int):
-        image = Image.fromarray(self.images[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
+    def load(self, index: int) -> Image.Image:
+        """Image ``index`` as a PIL image."""
+        return Image.fromarray(self.images[index])
 
 
+@DATASETS.register("cifar10")
 def build_cifar10(root: str, split: str, transform: Callable | None = None) -> ArrayImageDataset:
     """CIFAR-10 ``train`` (50,000) or ``test`` (10,000) images with the 10 class labels."""
     arr = load_cifar10(root, split)
     return ArrayImageDataset(arr.images, arr.labels, arr.label_names, transform, "cifar10", split)
 
 
+@DATASETS.register("cifar100")
 def build_cifar100(root: str, split: str, transform: Callable | None = None, *, label_type: str = "fine") -> ArrayImageDataset:
     """CIFAR-100 ``train``/``test`` images labelled by ``fine`` (100) or ``coarse`` (20) classes."""
     if label_type not in ("fine", "coarse"):
@@ -150,6 +149,3 @@ def build_cifar100(root: str, split: str, transform: Callable | None = None, *, 
     if label_type == "fine":
         return ArrayImageDataset(arr.images, arr.labels, arr.label_names, transform, "cifar100", split)
     return ArrayImageDataset(arr.images, arr.coarse_labels, arr.coarse_names, transform, "cifar100", split)
-
-
-build = build_cifar100

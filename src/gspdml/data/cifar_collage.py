@@ -28,8 +28,9 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from gspdml.data.base import LabeledDataset, check_split
+from gspdml.data.base import LabeledDataset, check_split, remap_labels
 from gspdml.data.cifar import CifarArrays, load_cifar100
+from gspdml.data.registry import DATASETS
 from gspdml.errors import ConfigError, DataError, unknown_choice
 
 BACKGROUND_SUPERCLASSES = ("large_man-made_outdoor_things", "large_natural_outdoor_scenes", "trees", "flowers")
@@ -94,11 +95,8 @@ class CifarCollage(LabeledDataset):
         coarse_names = arr.coarse_names
         raw = [coarse_names[c] for c in arr.coarse_labels[self.target_indices]]
         index = {name: i for i, name in enumerate(target_names)}
-        present = sorted(set(raw), key=index.__getitem__)
-        self.classes = present
-        self.class_names = list(present)
-        pos = {name: i for i, name in enumerate(present)}
-        self.labels = np.asarray([pos[r] for r in raw], dtype=np.int64)
+        self.labels, self.classes = remap_labels(raw, sorted(set(raw), key=index.__getitem__))
+        self.class_names = list(self.classes)
         self.fine_labels = arr.labels[self.target_indices]
         self.transform, self.name, self.split, self.variant, self.seed = transform, "cifar_collage", split, variant, seed
         self.image_size = CELL * self.grid
@@ -118,13 +116,12 @@ class CifarCollage(LabeledDataset):
         g = self.grid
         return tiles.reshape(g, g, CELL, CELL, 3).transpose(0, 2, 1, 3, 4).reshape(g * CELL, g * CELL, 3)
 
-    def __getitem__(self, index: int):
-        image = Image.fromarray(self.compose(index))
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
+    def load(self, index: int) -> Image.Image:
+        """The mosaic of sample ``index`` as a PIL image."""
+        return Image.fromarray(self.compose(index))
 
 
+@DATASETS.register("cifar_collage")
 def build(root: str, split: str, transform: Callable | None = None, *, variant: str = "released", grid: int | None = None,
           seed: int = 0, num_samples: int | None = None, source: str | None = None) -> CifarCollage:
     """Cifar Collage ``train``/``test`` (``val`` too for ``variant="paper"``) from ``root``'s cifar-100-python/."""

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 
 from gspdml.data.base import ImageListDataset, check_split, read_lines, resolve_root
+from gspdml.data.registry import DATASETS
 from gspdml.data.splits import split_classes_in_half
 from gspdml.errors import DataError
 
@@ -42,6 +43,7 @@ def _parse_pairs(path: str, what: str) -> dict[int, str]:
     return out
 
 
+@DATASETS.register("cub")
 def build(root: str, split: str, transform: Callable | None = None, *, verify: bool = False,
           skip_corrupt: bool = False, progress: bool | None = None) -> ImageListDataset:
     """CUB-200-2011 ``train`` (classes 1-100) or ``test`` (classes 101-200) split.

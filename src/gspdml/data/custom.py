@@ -32,6 +32,7 @@ import numpy as np
 
 from gspdml.data.base import ImageListDataset, check_split
 from gspdml.data.images import IMAGE_EXTENSIONS
+from gspdml.data.registry import DATASETS
 from gspdml.errors import DataError
 
 CSV_COLUMNS = ("path", "label", "split")
@@ -93,6 +94,7 @@ def read_csv(path: str) -> dict[str, list]:
     return cols
 
 
+@DATASETS.register("csv")
 def build_csv(root: str, split: str, transform: Callable | None = None, *, verify: bool = False,
               skip_corrupt: bool = False, progress: bool | None = None) -> ImageListDataset:
     """Dataset from a CSV file list (see the module docstring)."""
@@ -142,6 +144,7 @@ def _list_folder(directory: str) -> list[tuple[str, str]]:
     return [(p, classes[i]) for p, i in samples]
 
 
+@DATASETS.register("folder")
 def build_folder(root: str, split: str, transform: Callable | None = None, *, verify: bool = False,
                  skip_corrupt: bool = False, progress: bool | None = None) -> ImageListDataset:
     """Dataset from an ImageFolder-style tree ``root/<split>/<class>/<image>`` (see the module docstring)."""

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gspdml.data.base import check_positive_int
+from gspdml.data.registry import DATASETS
 from gspdml.errors import InputError
 
 SPLITS = ("train", "test")
@@ -124,12 +126,6 @@ class DigitsCollage(Dataset):
         return np.repeat(np.repeat(self.target_masks, h // self.grid, axis=1), w // self.grid, axis=2)
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"digits_collage: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_pairs(pairs, name: str) -> tuple[tuple[int, int], ...]:
     out = []
     for pair in pairs:
@@ -143,6 +139,7 @@ def _check_pairs(pairs, name: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+@DATASETS.register("digits_collage")
 def build(root=None, split: str = "train", transform=None, *, grid: int = 3, upsample: int = 2,
           samples_per_class: int | None = None, pairs=None, seed: int = 0) -> DigitsCollage:
     """Build one split of the Digits Collage.
@@ -162,10 +159,10 @@ def build(root=None, split: str = "train", transform=None, *, grid: int = 3, ups
         raise InputError(f"digits_collage: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if grid not in GRID_SIZES:
         raise InputError(f"digits_collage: grid must be one of {GRID_SIZES}, got {grid!r}")
-    upsample = _positive_int("upsample", upsample)
+    upsample = check_positive_int("digits_collage", "upsample", upsample)
     if samples_per_class is None:
         samples_per_class = 120 if split == "train" else 60
-    samples_per_class = _positive_int("samples_per_class", samples_per_class)
+    samples_per_class = check_positive_int("digits_collage", "samples_per_class", samples_per_class)
     if pairs is None:
         pairs = TRAIN_PAIRS if split == "train" else TEST_PAIRS
     pairs = _check_pairs(pairs, "pairs")

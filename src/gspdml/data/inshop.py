@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gspdml.data.base import ImageListDataset, check_split, read_lines, resolve_root
+from gspdml.data.registry import DATASETS
 from gspdml.errors import DataError
 
 SPLITS = ("train", "test", "query", "gallery")
@@ -57,6 +58,7 @@ def read_partition(path: str) -> tuple[list[str], list[str], list[str]]:
     return paths, items, statuses
 
 
+@DATASETS.register("inshop")
 def build(root: str, split: str, transform: Callable | None = None, *, verify: bool = False,
           skip_corrupt: bool = False, progress: bool | None = None) -> ImageListDataset:
     """In-shop ``train``, ``query``, ``gallery`` or ``test`` (= query + gallery) split."""

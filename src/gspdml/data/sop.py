@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gspdml.data.base import ImageListDataset, check_split, read_lines, resolve_root
+from gspdml.data.registry import DATASETS
 from gspdml.errors import DataError
 
 SPLITS = ("train", "test")
@@ -46,6 +47,7 @@ def read_list(path: str) -> tuple[list[str], list[int], list[int]]:
     return paths, classes, supers
 
 
+@DATASETS.register("sop")
 def build(root: str, split: str, transform: Callable | None = None, *, verify: bool = False,
           skip_corrupt: bool = False, progress: bool | None = None) -> ImageListDataset:
     """Stanford Online Products ``train`` or ``test`` split (class-disjoint, as distributed)."""

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gspdml.data.base import check_positive_int
+from gspdml.data.registry import DATASETS
 from gspdml.errors import InputError
 
 SPLITS = ("train", "test")
@@ -63,12 +65,7 @@ class TokenBags(Dataset):
         return x, int(self.labels[index])
 
 
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"tokens dataset: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
+@DATASETS.register("tokens")
 def build(root=None, split: str = "train", transform=None, *, num_classes: int = 16,
           tokens_per_class: int = 4, num_background: int = 4, bag_size: int = 50,
           samples_per_class: int | None = None, background_mean: float = 0.5,
@@ -90,13 +87,13 @@ def build(root=None, split: str = "train", transform=None, *, num_classes: int =
         raise InputError(f"tokens dataset: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if classes not in CLASS_MODES:
         raise InputError(f"tokens dataset: classes must be one of {', '.join(CLASS_MODES)}, got {classes!r}")
-    num_classes = _check_positive_int("num_classes", num_classes, 2 if classes == "disjoint" else 1)
-    tokens_per_class = _check_positive_int("tokens_per_class", tokens_per_class)
-    num_background = _check_positive_int("num_background", num_background)
-    bag_size = _check_positive_int("bag_size", bag_size)
+    num_classes = check_positive_int("tokens dataset", "num_classes", num_classes, 2 if classes == "disjoint" else 1)
+    tokens_per_class = check_positive_int("tokens dataset", "tokens_per_class", tokens_per_class)
+    num_background = check_positive_int("tokens dataset", "num_background", num_background)
+    bag_size = check_positive_int("tokens dataset", "bag_size", bag_size)
     if samples_per_class is None:
         samples_per_class = 100 if split == "train" else 50
-    samples_per_class = _check_positive_int("samples_per_class", samples_per_class)
+    samples_per_class = check_positive_int("tokens dataset", "samples_per_class", samples_per_class)
     if not (np.isfinite(background_mean) and np.isfinite(background_std) and background_std >= 0):
         raise InputError("tokens dataset: background_mean must be finite and background_std finite and >= 0, "
                          f"got mean={background_mean!r}, std={background_std!r}")

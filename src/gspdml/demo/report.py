@@ -7,19 +7,18 @@ and a negative one as "does not beat GAP".
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-__all__ = ["METRIC_NAMES", "format_table", "verdict", "write_metrics_json", "plot_clutter_sweep", "write_report"]
+from gspdml.io import format_table
+
+__all__ = ["METRIC_NAMES", "summary_table", "verdict", "plot_clutter_sweep", "write_report"]
 
 #: metric key -> column title
 METRIC_NAMES = {"map_at_r": "MAP@R", "r_precision": "R-Precision", "precision_at_1": "P@1"}
-WEIGHT_NAMES = {"target_rel": "weight on targets (x uniform)", "background_rel": "weight on background (x uniform)"}
 
 
 def _pm(entry: dict, key: str, digits: int = 3) -> str:
@@ -30,7 +29,7 @@ def _pm(entry: dict, key: str, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
 
 
-def format_table(summary: dict[str, dict], markdown: bool = True, weights: bool = True) -> str:
+def summary_table(summary: dict[str, dict], markdown: bool = True, weights: bool = True) -> str:
     """A table of mean ± std (sample std over seeds) per method; markdown or aligned plain text."""
     cols = list(METRIC_NAMES.values()) + (["target wt (x unif.)", "background wt (x unif.)"] if weights else [])
     cols += ["seeds", "s/run"]
@@ -41,14 +40,7 @@ def format_table(summary: dict[str, dict], markdown: bool = True, weights: bool 
             cells += [_pm(entry, "target_rel", 2), _pm(entry, "background_rel", 2)]
         cells += [str(len(entry["seeds"])), f"{np.mean(entry['seconds']):.0f}"]
         rows.append([method] + cells)
-    header = ["method"] + cols
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in rows])
+    return format_table(["method"] + cols, rows, markdown=markdown)
 
 
 def verdict(summary: dict[str, dict], method: str, baseline: str = "GAP", key: str = "map_at_r") -> str:
@@ -69,23 +61,6 @@ def verdict(summary: dict[str, dict], method: str, baseline: str = "GAP", key: s
         return (f"{method} is ahead of {baseline} by {diff:+.3f} {name}, which is within the seed spread "
                 f"({noise:.3f}, {n} seeds): no reliable difference.")
     return f"{method} does not beat {baseline}: {name} {diff:+.3f} (seed spread {noise:.3f}, {n} seeds)."
-
-
-def _jsonable(x: Any):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x
-
-
-def write_metrics_json(data: dict, path: str | os.PathLike) -> Path:
-    """Write ``data`` (nested dicts/lists of numbers and strings) as indented JSON."""
-    out = Path(path)
-    out.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
-    return out
 
 
 def plot_clutter_sweep(sweep: dict[int, dict[str, dict]], path: str | os.PathLike,
@@ -117,10 +92,9 @@ def plot_clutter_sweep(sweep: dict[int, dict[str, dict]], path: str | os.PathLik
     ax2.set_xlabel("background share of the image")
     ax2.set_ylabel(f"{method} - {baseline} ({METRIC_NAMES.get(key, key)})")
     fig.suptitle("Clutter sweep: Digits Collage grids 2x2 / 3x3 / 4x4 (two target digits each)")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
+    from gspdml.viz.figure import save_figure
+
+    return save_figure(fig, path, dpi=110)
 
 
 def _weights_sentence(summary: dict[str, dict], method: str) -> str:
@@ -158,7 +132,7 @@ def write_report(path: str | os.PathLike, results: dict, figures: dict[str, str]
         "GSP+L_ZS adds the zero-shot loss on the prototype marginals (lambda = 0.1, ridge 0.05, softmax scale "
         "0.76 instead of the authors' 9.5: with only 8 training classes the He-initialised class table is "
         "~3.5x larger than with the authors' ~100 classes, and scale 9.5 made L_ZS swamp the metric loss; "
-        "see `gspdml.losses.zeroshot.matched_scale`).\n")
+        "see `gspdml.losses.matched_scale`).\n")
 
     tok = results.get("tokens")
     if tok:
@@ -168,7 +142,7 @@ def write_report(path: str | os.PathLike, results: dict, figures: dict[str, str]
             f"Train on classes 0-7 ({tok['train_size']} bags), retrieve among bags of the unseen classes 8-15 "
             f"({tok['test_size']} bags), whose tokens were never trained. (On the same classes both poolings "
             f"reach MAP@R 1.0: the task is too easy to show anything.)\n")
-        add(format_table(tok["summary"]) + "\n")
+        add(summary_table(tok["summary"]) + "\n")
         add(verdict(tok["summary"], "GSP") + "\n")
         s = _weights_sentence(tok["summary"], "GSP")
         if s:
@@ -186,7 +160,7 @@ def write_report(path: str | os.PathLike, results: dict, figures: dict[str, str]
             f"Train: {dig['train_classes']} classes, {dig['train_size']} images; test: {dig['test_classes']} "
             f"unseen pairs, {dig['test_size']} images built from digit images never used in training. "
             f"Small 3-block CNN (stride 4: 4x4 map cells per digit), {dig['epochs']} epochs.\n")
-        add(format_table(dig["summary"]) + "\n")
+        add(summary_table(dig["summary"]) + "\n")
         for m in dig["summary"]:
             if m != "GAP":
                 add("- " + verdict(dig["summary"], m))

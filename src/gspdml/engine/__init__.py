@@ -1,9 +1,12 @@
-"""Training loop, evaluation with a model, checkpoints, distributed training, the MLRC protocol driver."""
+"""Train state, the training loop, optimiser/scheduler builders, dataset preparation, evaluation with
+a model, checkpoints, run folders, distributed training, the MLRC protocol driver."""
 from gspdml._lazy import lazy_exports
 
 _EXPORTS = {
     'train': 'gspdml.engine.trainer',
-    'RunResult': 'gspdml.engine.trainer',
+    'RunResult': 'gspdml.engine.runs',
+    'TrainState': 'gspdml.engine.state',
+    'TrainModule': 'gspdml.engine.state',
     'embed_dataset': 'gspdml.engine.evaluate',
     'evaluate_model': 'gspdml.engine.evaluate',
     'run_protocol': 'gspdml.engine.protocol',

@@ -1,15 +1,12 @@
-"""Checkpoints: atomic save, load, RNG state capture, and model rebuild from a run folder.
+"""Checkpoint files: atomic save, load, resume, model rebuild from a run folder; RNG seeding,
+capture and restore.
 
-A checkpoint is a ``torch.save`` dict::
+A checkpoint is a ``torch.save`` dict ``{"format": "gspdml-checkpoint", "version": 1, **state}``
+where ``state`` is :meth:`gspdml.engine.state.TrainState.state_dict` (the one place its keys are
+written)::
 
-    {"format": "gspdml-checkpoint", "version": 1,
-     "config": <the resolved TrainConfig as a dict>,
-     "model": <model state_dict>, "num_classes": <training classes>,
-     "step": int, "epoch": int, "batch_in_epoch": int,
-     "metrics": {...},                      # best validation / final metrics when known
-     # full training state (last.pt only; best.pt keeps model + metrics):
-     "loss": ..., "zero_shot": ..., "optimizer": ..., "scheduler": ..., "scaler": ...,
-     "sampler": ..., "rng": {...}, "trainer": {...}}
+    config, model, num_classes, class_ids, step, epoch, metrics, zero_shot     # best.pt and last.pt
+    batch_in_epoch, loss, optimizer, scheduler, scaler, sampler, rng, trainer  # last.pt only
 
 Files are written to a temporary file in the same folder and moved into place with
 ``os.replace``, so a crash never leaves a half-written checkpoint behind.
@@ -35,7 +32,9 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "resolve_checkpoint",
+    "load_resume_checkpoint",
     "load_model_from_checkpoint",
+    "seed_everything",
     "capture_rng_state",
     "restore_rng_state",
 ]
@@ -107,6 +106,18 @@ def load_checkpoint(path_or_run_dir: str | os.PathLike, map_location: Any = "cpu
     return state
 
 
+def load_resume_checkpoint(path_or_run_dir: str | os.PathLike) -> tuple[dict, Path]:
+    """The full training checkpoint to resume from (a run folder's ``last.pt``, or a file) and the
+    run folder it belongs to."""
+    state = load_checkpoint(path_or_run_dir, map_location="cpu", prefer="last")
+    if "optimizer" not in state:
+        raise CheckpointError(
+            f"{state['path']!r} holds only model weights (a best.pt); resume from checkpoints/last.pt"
+        )
+    folder = Path(state["path"]).parent
+    return state, folder.parent if folder.name == "checkpoints" else folder
+
+
 def load_model_from_checkpoint(path_or_run_dir: str | os.PathLike, map_location: Any = "cpu"):
     """Rebuild the embedding model stored in a checkpoint (or a run folder's best/last checkpoint).
 
@@ -144,6 +155,15 @@ def load_model_from_checkpoint(path_or_run_dir: str | os.PathLike, map_location:
     if state.get("zero_shot") is not None:
         extra["zero_shot"] = state["zero_shot"]
     return model, cfg, extra
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
 
 def capture_rng_state() -> dict:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Subset
 
+from gspdml.config import parse_device
 from gspdml.errors import ConfigError
 
-__all__ = ["DistContext", "init_from_env", "cleanup", "all_gather_ordered", "embed_dataset_distributed"]
+__all__ = ["DistContext", "resolve_device", "init_from_env", "cleanup", "all_gather_ordered"]
 
 
 @dataclass
@@ -51,17 +51,44 @@ class DistContext:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` in DistributedDataParallel under torchrun (gradients averaged over ranks), else itself."""
+        if not self.enabled:
+            return module
+        return torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[self.device.index] if self.device.type == "cuda" else None, find_unused_parameters=True
+        )
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA (this rank's GPU) when available, else CPU."""
-    name = name.lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return torch.device("cpu")
+    def all_gather_object(self, obj) -> list:
+        """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+        if not self.enabled:
+            return [obj]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """The device for ``spec``: ``cpu``; ``cuda`` (this process's GPU, ``cuda:<local_rank>``);
+    ``cuda:N``; ``auto`` (``cuda`` when CUDA is available, else ``cpu``).
+
+    A device that is not there is a ConfigError saying what was asked and what is available;
+    nothing falls back silently.
+    """
+    kind, index = parse_device(spec)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "auto":
+        kind = "cuda" if count else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    if count == 0:
+        raise ConfigError(f"device {spec!r} was asked for but no CUDA device is available; use 'cpu' or 'auto'")
+    asked = repr(spec) if index is not None else f"{spec!r} (cuda:{local_rank}, this process's LOCAL_RANK)"
+    index = local_rank if index is None else index
+    if index >= count:
+        have = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise ConfigError(f"device {asked} is not available: this machine has {count} CUDA device(s) ({have})")
+    return torch.device("cuda", index)
 
 
 def init_from_env(device: str = "auto") -> DistContext:
@@ -102,16 +129,3 @@ def all_gather_ordered(t: torch.Tensor, ctx: DistContext, total: int) -> torch.T
         n = len(range(r, total, ctx.world_size))
         out[r::ctx.world_size] = g[:n].cpu()
     return out
-
-
-def embed_dataset_distributed(model, dataset, ctx: DistContext, **kwargs):
-    """:func:`gspdml.engine.evaluate.embed_dataset` sharded over ranks, gathered on every rank."""
-    from gspdml.engine.evaluate import embed_dataset
-
-    if not ctx.enabled:
-        return embed_dataset(model, dataset, **kwargs)
-    total = len(dataset)
-    shard = Subset(dataset, list(range(ctx.rank, total, ctx.world_size)))
-    kwargs["progress"] = kwargs.get("progress", True) and ctx.is_main
-    emb, labels = embed_dataset(model, shard, **kwargs)
-    return all_gather_ordered(emb, ctx, total), all_gather_ordered(labels, ctx, total)

@@ -15,8 +15,14 @@ from typing import Mapping
 
 import numpy as np
 
+from gspdml.config import TrainConfig, save_config
+from gspdml.engine.datasets import build_datasets, make_split
+from gspdml.engine.evaluate import EmbeddedSplits, embed_query_gallery
+from gspdml.engine.runs import new_run_dir
+from gspdml.engine.trainer import train
 from gspdml.errors import ConfigError
 from gspdml.evaluation.mlrc import concat_embeddings, format_table, summarize
+from gspdml.io import write_json
 
 __all__ = ["ProtocolResult", "run_protocol"]
 
@@ -52,16 +58,10 @@ def run_protocol(
         repeats: independent repeats per fold (the paper: 3).
         out_dir: where the fold runs and ``protocol.json``/``protocol.md`` go (default
             ``output_dir/name``; nothing is written when both are null).
-        datasets: optional ready datasets ``{"train", "test", "gallery"}`` (tests, demos); the
-            ``train`` dataset is split into folds here.
+        datasets: optional ready datasets ``{"train", "test", "gallery"}`` (tests, demos); each
+            fold's run splits ``train`` with :func:`gspdml.data.split_train_val`.
         folds: a subset of folds to run (default all ``data.num_folds``); 512D concatenates those.
     """
-    from gspdml.config import TrainConfig
-    from gspdml.engine.distributed import DistContext, embed_dataset_distributed
-    from gspdml.engine.runs import new_run_dir, write_json_atomic
-    from gspdml.engine.trainer import build_datasets, make_split, train
-    from gspdml.evaluation.metrics import compute_retrieval_metrics
-
     if not isinstance(cfg, TrainConfig):
         raise ConfigError(f"run_protocol needs a TrainConfig, got {type(cfg).__name__}")
     if repeats < 1:
@@ -79,61 +79,41 @@ def run_protocol(
     base = Path(out_dir) if out_dir is not None else (
         new_run_dir(cfg.output_dir, cfg.name) if cfg.output_dir is not None else None)
 
-    # datasets: the full train split (folds made from it) and the test split, built once
-    need = {"train", "test"}
+    # the full train split (each fold run splits it, validating on the eval-transform copy) and
+    # the test split, built once
     ready = dict(datasets or {})
-    if not need <= set(ready):
+    if not {"train", "test"} <= set(ready):
         probe = copy.deepcopy(cfg)
         probe.data.fold = None
         probe.eval.test_at_end = True
         built = build_datasets(probe)
         built["train_eval"] = make_split(probe, probe.data.train_split, False)
         ready = {**built, **ready}
-    from gspdml.data import mlrc_folds, subset_by_classes
-    from gspdml.data.batches import dataset_labels
-
-    full_train = ready["train"]
+    fold_data = {"train": ready["train"], "train_eval": ready.get("train_eval")}
     test_ds, gallery_ds = ready["test"], ready.get("gallery")
-    classes = np.unique(dataset_labels(full_train)).tolist()
-    fold_splits = mlrc_folds(classes, num_folds)
-    # validation subsets use the eval transform when the caller gave one
-    full_train_eval = ready.get("train_eval", full_train)
 
     per_fold, dim128, dim512, run_dirs = [], [], [], []
-    ctx = DistContext()
     for r in range(repeats):
-        fold_rows, q_embs, g_embs, dirs = [], [], [], []
+        fold_rows, embs, dirs = [], [], []
         for k in fold_ids:
             c = copy.deepcopy(cfg)
             c.data.fold = k
             c.train.seed = cfg.train.seed + r
             c.eval.test_at_end = False
             c.name = f"repeat{r}_fold{k}"
-            train_classes, val_classes = fold_splits[k]
-            ds = {
-                "train": subset_by_classes(full_train, train_classes),
-                "val": subset_by_classes(full_train_eval, val_classes),
-            }
             run_dir = None if base is None else base / c.name
-            res = train(c, progress=progress, run_dir=run_dir, datasets=ds)
-            dev = next(res.model.parameters()).device
-            kw = dict(batch_size=cfg.eval.batch_size, device=dev, progress=progress, num_workers=cfg.data.num_workers)
-            q, ql = embed_dataset_distributed(res.model, test_ds, ctx, desc=f"test r{r} f{k}", **kw)
-            if gallery_ds is not None:
-                g, gl = embed_dataset_distributed(res.model, gallery_ds, ctx, desc=f"gallery r{r} f{k}", **kw)
-                m = compute_retrieval_metrics(q, ql, g, gl, recall_ks=cfg.eval.recall_ks)
-                g_embs.append(g)
-            else:
-                m = compute_retrieval_metrics(q, ql, recall_ks=cfg.eval.recall_ks)
-            q_embs.append(q)
-            fold_rows.append(m)
+            res = train(c, progress=progress, run_dir=run_dir, datasets=fold_data)
+            emb = embed_query_gallery(res.model, test_ds, gallery_ds, batch_size=cfg.eval.batch_size,
+                                      device=next(res.model.parameters()).device, progress=progress,
+                                      num_workers=cfg.data.num_workers, desc=f"test r{r} f{k}")
+            fold_rows.append(emb.metrics(cfg.eval.recall_ks))
+            embs.append(emb)
             dirs.append(res.run_dir)
         avg = {key: float(np.mean([row[key] for row in fold_rows])) for key in fold_rows[0]}
-        if gallery_ds is not None:
-            cat = compute_retrieval_metrics(concat_embeddings(q_embs), ql, concat_embeddings(g_embs), gl,
-                                            recall_ks=cfg.eval.recall_ks)
-        else:
-            cat = compute_retrieval_metrics(concat_embeddings(q_embs), ql, recall_ks=cfg.eval.recall_ks)
+        cat = EmbeddedSplits(
+            concat_embeddings([e.query for e in embs]), embs[0].query_labels,
+            None if gallery_ds is None else concat_embeddings([e.gallery for e in embs]), embs[0].gallery_labels,
+        ).metrics(cfg.eval.recall_ks)
         per_fold.append(fold_rows)
         dim128.append(avg)
         dim512.append(cat)
@@ -142,14 +122,9 @@ def run_protocol(
     result = ProtocolResult(per_fold, dim128, dim512, summary, base, run_dirs)
     if base is not None:
         base.mkdir(parents=True, exist_ok=True)
-        from gspdml.config import save_config
-
         save_config(cfg, base / "config.yaml")
-        write_json_atomic(
-            {"repeats": repeats, "folds": fold_ids, "per_fold": per_fold, "128D": dim128, "512D": dim512,
-             "summary": summary},
-            base / "protocol.json",
-        )
+        write_json(base / "protocol.json", {"repeats": repeats, "folds": fold_ids, "per_fold": per_fold,
+                                            "128D": dim128, "512D": dim512, "summary": summary})
         (base / "protocol.md").write_text(
             f"# MLRC protocol: {cfg.name}\n\n{len(fold_ids)} folds x {repeats} repeat(s); mean ± std in percent.\n\n"
             + format_table(summary) + "\n"

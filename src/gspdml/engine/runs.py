@@ -1,4 +1,4 @@
-"""The run folder of one training run.
+"""The run folder of one training run, and :class:`RunResult` (what ``train`` returns).
 
 ::
 
@@ -13,14 +13,20 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-__all__ = ["RunFolder", "new_run_dir", "write_json_atomic"]
+from gspdml.io import write_json
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from gspdml.config import TrainConfig
+
+__all__ = ["RunResult", "RunFolder", "new_run_dir", "console_logging", "LOGGER_NAME"]
 
 LOGGER_NAME = "gspdml.engine"
 
@@ -37,27 +43,34 @@ def new_run_dir(output_dir: str | os.PathLike, name: str) -> Path:
     return cand
 
 
-def write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2))
-    os.replace(tmp, path)
+@dataclass
+class RunResult:
+    """What :func:`gspdml.engine.trainer.train` returns."""
 
+    run_dir: Path | None
+    """The run folder (``None`` when ``output_dir`` is null)."""
+    best_metrics: dict
+    """Best validation metrics (``map_at_r``, ... plus ``step``); empty without validation."""
+    final_metrics: dict
+    """Test metrics of the final model (best-validation weights when validated); empty when
+    ``eval.test_at_end`` is false."""
+    history: list[dict]
+    """Logged training rows and validation rows (also in ``metrics.csv``)."""
+    model: nn.Module
+    """The trained embedding model (eval mode)."""
+    steps: int = 0
+    epochs: int = 0
+    stopped_early: bool = False
+    config: TrainConfig | None = None
+    extras: dict = field(default_factory=dict)
+    """``zero_shot``: the trained ZeroShotLoss module (when enabled); ``loss``: the DML loss."""
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and callable(obj.item):
-        try:
-            return _jsonable(obj.item())
-        except (ValueError, RuntimeError):
-            return str(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    def summary(self) -> dict:
+        """The content of ``metrics.json``."""
+        return {"name": self.config.name if self.config is not None else None, "steps": self.steps,
+                "epochs": self.epochs, "stopped_early": self.stopped_early, "best": self.best_metrics,
+                "final": self.final_metrics,
+                "validation": [r for r in self.history if any(k.startswith("val_") for k in r)]}
 
 
 class RunFolder:
@@ -88,7 +101,7 @@ class RunFolder:
     def write_metrics(self, summary: dict, history: list[dict]) -> None:
         if self.path is None:
             return
-        write_json_atomic(summary, self.path / "metrics.json")
+        write_json(self.path / "metrics.json", summary)
         columns: list[str] = []
         for row in history:
             for k in row:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gspdml.io import format_table as _format_table
+
 __all__ = ["MLRC_METRICS", "concat_embeddings", "summarize", "format_table"]
 
 MLRC_METRICS = ("precision_at_1", "r_precision", "map_at_r")
@@ -33,15 +35,10 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def format_table(summary: dict, metrics=MLRC_METRICS) -> str:
-    """A Markdown table like the paper's: rows 128D/512D, columns P@1, RP, MAP@R (percent, mean ± std)."""
+def format_table(summary: dict, metrics=MLRC_METRICS, markdown: bool = True) -> str:
+    """A table like the paper's: rows 128D/512D, columns P@1, RP, MAP@R (percent, mean ± std);
+    Markdown, or aligned plain text (:func:`gspdml.io.format_table`)."""
     names = {"precision_at_1": "P@1", "r_precision": "RP", "map_at_r": "MAP@R"}
-    head = "| dim | " + " | ".join(names.get(m, m) for m in metrics) + " |"
-    lines = [head, "|" + "---|" * (len(metrics) + 1)]
-    for dim in ("128D", "512D"):
-        cells = []
-        for m in metrics:
-            s = summary[dim][m]
-            cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}")
-        lines.append(f"| {dim} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[dim] + [f"{100 * summary[dim][m]['mean']:.2f} ± {100 * summary[dim][m]['std']:.2f}" for m in metrics]
+            for dim in ("128D", "512D")]
+    return _format_table(["dim"] + [names.get(m, m) for m in metrics], rows, markdown=markdown)

@@ -16,8 +16,9 @@ scale is soft-clamped to ``s = clamp * 0.636 * atan(s_raw)`` (``clamp = 2``: ``|
 subnet is an MLP with ``num_hidden_layers`` (7) hidden layers of width ``hidden`` (128) and ReLU;
 the (L2-normalised) proxy is concatenated to every subnet input.
 
-Used through :func:`gspdml.losses.build_loss` as ``PAnchor+NIR`` / ``PNCA+NIR``:
-``L = L_NIR + w * L_proxy`` with ``w`` = 0.0075 (CUB), 0.01 (Cars196), 0.3 (SOP).
+Used through :func:`gspdml.losses.build_loss` as ``PAnchor+NIR`` / ``PNCA+NIR``
+(:func:`gspdml.losses.builtin.with_nir`): ``L = L_NIR + w * L_proxy`` with ``w`` per dataset from
+:data:`gspdml.losses.presets.NIR_WEIGHTS`.
 """
 from __future__ import annotations
 

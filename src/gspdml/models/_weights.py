@@ -97,3 +97,10 @@ def load_checked(
         raise CheckpointError(f"{what}: weights {os.fspath(path)!r} do not match the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
     log.info("%s: loaded %d tensors from %s", what, len(state), os.fspath(path))
+
+
+def load_weights_file(
+    model: nn.Module, path: Union[str, os.PathLike], what: str, ignore_prefixes: Iterable[str] = ()
+) -> None:
+    """Read the local state dict at ``path`` and load it into ``model`` with :func:`load_checked`."""
+    load_checked(model, read_state_dict(path, what), what, path, ignore_prefixes=ignore_prefixes)

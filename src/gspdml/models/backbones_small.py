@@ -6,37 +6,17 @@
 * ``token_embedding``: a trainable embedding table over token ids (``tokens``): a bag of token
   ids (B, N) becomes a token set (B, N, C), the pooling input of the paper's synthetic study.
 
-Both are registered in :mod:`gspdml.models.backbones` (lazy table name -> this module) and have
-the ``out_channels`` and ``input_kind`` attributes of the backbone contract.
+Both are registered in :data:`gspdml.models.backbones.BACKBONES` and have the ``out_channels``
+and ``input_kind`` attributes of the backbone contract.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from gspdml.errors import CheckpointError, InputError
-
-
-def _load_local_weights(module: nn.Module, pretrained, name: str) -> None:
-    """Load a local state-dict file into ``module`` (these backbones have no internet weights)."""
-    if pretrained in (None, False, "none", ""):
-        return
-    if pretrained is True or pretrained in ("imagenet", "default"):
-        raise InputError(f"backbone {name!r} has no published pretrained weights; pass pretrained=None "
-                         "or the path of a local state-dict file")
-    path = Path(pretrained)
-    if not path.is_file():
-        raise CheckpointError(f"backbone {name!r}: weights file {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"backbone {name!r}: weights file {str(path)!r} does not match the "
-                              f"architecture: {exc}") from exc
+from gspdml.errors import InputError
+from gspdml.models._weights import load_weights_file
+from gspdml.models.backbones import BACKBONES
 
 
 class SmallCNN(nn.Module):
@@ -95,20 +75,19 @@ class TokenEmbedding(nn.Module):
         return self.embedding(ids)
 
 
-def smallcnn(pretrained=None, in_channels: int = 1, widths: tuple[int, int, int] = (32, 64, 128),
-             **kwargs) -> SmallCNN:
+@BACKBONES.register("smallcnn")
+def smallcnn(pretrained=None, in_channels: int = 1, widths: tuple[int, int, int] = (32, 64, 128)) -> SmallCNN:
     """The demo's small CNN (see :class:`SmallCNN`); ``pretrained`` may be a local state-dict file."""
-    if kwargs:
-        raise InputError(f"smallcnn: unexpected arguments {sorted(kwargs)}; valid: in_channels, widths")
     model = SmallCNN(in_channels=in_channels, widths=tuple(widths))
-    _load_local_weights(model, pretrained, "smallcnn")
+    if pretrained:
+        load_weights_file(model, pretrained, "smallcnn")
     return model
 
 
-def token_embedding(pretrained=None, num_tokens: int = 68, dim: int = 64, **kwargs) -> TokenEmbedding:
+@BACKBONES.register("token_embedding")
+def token_embedding(pretrained=None, num_tokens: int = 68, dim: int = 64) -> TokenEmbedding:
     """Token-embedding backbone (see :class:`TokenEmbedding`); ``pretrained`` may be a local file."""
-    if kwargs:
-        raise InputError(f"token_embedding: unexpected arguments {sorted(kwargs)}; valid: num_tokens, dim")
     model = TokenEmbedding(num_tokens=num_tokens, dim=dim)
-    _load_local_weights(model, pretrained, "token_embedding")
+    if pretrained:
+        load_weights_file(model, pretrained, "token_embedding")
     return model

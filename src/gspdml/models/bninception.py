@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from gspdml.errors import ConfigError
 from gspdml.models._weights import load_checked, read_state_dict
+from gspdml.models.backbones import BACKBONES
 
 __all__ = ["BNInception", "bninception", "load_bninception_weights", "WEIGHTS_FILE_NAME", "KEY_COUNT"]
 
@@ -185,13 +186,16 @@ def load_bninception_weights(model: BNInception, path: Union[str, os.PathLike]) 
     return digest
 
 
-def bninception(pretrained: Optional[Union[str, os.PathLike]] = None, **kwargs) -> BNInception:
-    """Build BN-Inception; ``pretrained`` is a local weights file path (or ``None`` for random init)."""
+@BACKBONES.register("bninception")
+def bninception(pretrained: Optional[Union[str, os.PathLike]] = None, num_classes: int = 1000,
+                bn_momentum: float = 0.1) -> BNInception:
+    """Build BN-Inception; ``pretrained`` is a local weights file path (or ``None`` for random init);
+    ``num_classes``, ``bn_momentum``: see :class:`BNInception`."""
     if pretrained is True:
         raise ConfigError(
             f"bninception: pretrained=True would need a download; pass the local path of {WEIGHTS_FILE_NAME} instead"
         )
-    model = BNInception(**kwargs)
+    model = BNInception(num_classes=num_classes, bn_momentum=bn_momentum)
     if pretrained:
         load_bninception_weights(model, pretrained)
     return model

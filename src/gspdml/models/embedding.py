@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from gspdml.errors import ConfigError, InputError
 from gspdml.models.backbones import build_backbone
 from gspdml.models.batchnorm import freeze_batchnorm
-from gspdml.pooling.registry import build_pooling
+from gspdml.pooling import build_pooling
 
 __all__ = ["EmbeddingModel", "build_model", "MODEL_CONFIG_FIELDS"]
 

@@ -8,11 +8,11 @@ import os
 from typing import Optional, Union
 
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from gspdml.errors import ConfigError
-from gspdml.models._weights import load_checked, read_state_dict
+from gspdml.models._weights import load_checked, load_weights_file, read_state_dict
+from gspdml.models.backbones import BACKBONES
 
 __all__ = ["ResNet50Trunk", "CifarResNet", "resnet50", "resnet20"]
 
@@ -32,6 +32,8 @@ class ResNet50Trunk(nn.Module):
     input_kind = "image"
 
     def __init__(self) -> None:
+        import torchvision  # heavy (about 1 s): imported only when a ResNet-50 is built
+
         super().__init__()
         tv = torchvision.models.resnet50(weights=None)
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
@@ -42,11 +44,12 @@ class ResNet50Trunk(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+@BACKBONES.register("resnet50")
 def resnet50(pretrained: Optional[PathLike] = None) -> ResNet50Trunk:
     """ResNet-50 trunk; ``pretrained``: local torchvision state dict file (or ``None``)."""
     model = ResNet50Trunk()
     if pretrained:
-        load_checked(model, read_state_dict(pretrained, "resnet50"), "resnet50", pretrained, ignore_prefixes=("fc.",))
+        load_weights_file(model, pretrained, "resnet50", ignore_prefixes=("fc.",))
     return model
 
 
@@ -119,6 +122,7 @@ class CifarResNet(nn.Module):
         return self.layer3(self.layer2(self.layer1(x)))
 
 
+@BACKBONES.register("resnet20")
 def resnet20(pretrained: Optional[PathLike] = None, shortcut: Optional[str] = None) -> CifarResNet:
     """CIFAR ResNet-20; ``pretrained``: optional local state dict (classifier ``fc.*``/``linear.*``
     ignored). ``shortcut=None`` picks ``"B"`` if the file has ``downsample`` weights, else ``"A"``."""

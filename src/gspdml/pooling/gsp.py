@@ -4,7 +4,7 @@ GSP replaces global average pooling (GAP). Each feature ``f_j`` of a map (or tok
 share of its mass that an entropy-smoothed partial optimal transport sends to learned prototypes
 ``w_1..w_m``; the output is ``sum_j p_j f_j`` with ``p_j = (1/n - rho_j) / mu``. At ``mu = 1``
 every feature is fully transported and GSP is exactly GAP. See
-:mod:`gspdml.pooling.functional` for the problem and the solvers.
+:mod:`gspdml.pooling.transport` for the problem and the solvers.
 """
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gspdml.errors import InputError
-from gspdml.pooling.functional import (
-    _cost_t,
-    _no_autocast,
+from gspdml.pooling.base import POOLINGS, Pooling, masked_mean, uniform_weights
+from gspdml.pooling.transport import (
+    COST_BOUND,
     check_solver_args,
-    solve_t,
+    cost_points_by_prototypes,
+    no_autocast,
+    solve_points_first,
     solver_dtype,
     weighted_sum,
 )
@@ -27,9 +29,6 @@ from gspdml.pooling.functional import (
 __all__ = ["GSP", "kcenter_greedy", "INITS"]
 
 INITS = ("kcenter", "random")
-
-# Normalised vectors have norm <= 1, so every GSP cost lies in [0, 2].
-_COST_BOUND = 2.0
 
 
 def kcenter_greedy(points: Tensor, k: int) -> Tensor:
@@ -55,7 +54,8 @@ def kcenter_greedy(points: Tensor, k: int) -> Tensor:
     return chosen
 
 
-class GSP(nn.Module):
+@POOLINGS.register("gsp")
+class GSP(Pooling):
     """Generalized Sum Pooling layer (Gurbuz et al.), solved exactly.
 
     Args:
@@ -93,6 +93,7 @@ class GSP(nn.Module):
         (torch.Size([8, 128]), torch.Size([8, 7, 7]), torch.Size([8, 64]))
     """
 
+    check_finite = True
     prototypes: nn.Parameter
     memory: Tensor
     memory_count: Tensor
@@ -109,9 +110,7 @@ class GSP(nn.Module):
         init: str = "kcenter",
         memory_size: int = 1024,
     ) -> None:
-        super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise InputError(f"GSP: dim must be a positive integer (number of channels), got {dim!r}")
+        super().__init__(dim)
         if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int) or num_prototypes < 1:
             raise InputError(f"GSP: num_prototypes must be an integer >= 1, got {num_prototypes!r}")
         try:
@@ -126,7 +125,6 @@ class GSP(nn.Module):
                 f"GSP: memory_size must be an integer >= num_prototypes ({num_prototypes}) for "
                 f"k-center initialisation, got {memory_size!r}"
             )
-        self.dim = dim
         self.num_prototypes = num_prototypes
         self.mu = float(mu)
         self.eps = float(eps)
@@ -188,91 +186,47 @@ class GSP(nn.Module):
 
     # ------------------------------------------------------------------------------------------
 
-    def _tokens(self, x: Tensor, mask: Optional[Tensor]):
-        """Validate the input; return features (B, n, C), mask (B, n) or None, spatial shape."""
-        if not isinstance(x, Tensor):
-            raise InputError(f"GSP expects a tensor, got an object of type {type(x).__name__}")
-        if x.dim() == 4:
-            B, C, H, W = x.shape
-            if C != self.dim:
-                raise InputError(
-                    f"GSP(dim={self.dim}) got a feature map of shape {tuple(x.shape)}: expected "
-                    f"(B, {self.dim}, H, W) (channels second)"
-                )
-            feats, spatial = x.flatten(2).transpose(1, 2), (H, W)
-        elif x.dim() == 3:
-            B, _, C = x.shape
-            if C != self.dim:
-                raise InputError(
-                    f"GSP(dim={self.dim}) got a token set of shape {tuple(x.shape)}: expected "
-                    f"(B, N, {self.dim}) (channels last)"
-                )
-            feats, spatial = x, None
-        else:
-            raise InputError(
-                f"GSP expects a feature map (B, C, H, W) or a token set (B, N, C), got a tensor "
-                f"with {x.dim()} dimensions and shape {tuple(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise InputError(f"GSP expects floating-point features, got dtype {x.dtype}")
-        n = feats.shape[1]
-        if B == 0 or n == 0:
-            raise InputError(f"GSP got an empty input of shape {tuple(x.shape)}; need B >= 1 and at least one feature")
-        if mask is not None:
-            expected = [(B, n)] + ([(B, *spatial)] if spatial else [])
-            if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) not in expected:
-                shapes = " or ".join(str(s) for s in expected)
-                got = (f"shape {tuple(mask.shape)} and dtype {mask.dtype}" if isinstance(mask, Tensor)
-                       else f"type {type(mask).__name__}")
-                raise InputError(
-                    f"GSP mask must be a bool tensor of shape {shapes} (True = real feature), got {got}"
-                )
-            mask = mask.reshape(B, n).to(x.device)
-            empty = ~mask.any(1)
-            if bool(empty.any()):
-                raise InputError(
-                    f"GSP mask marks no real feature in sample(s) {torch.nonzero(empty).flatten().tolist()}; "
-                    f"every sample needs at least one"
-                )
-            feats = feats.masked_fill(~mask.unsqueeze(-1), 0.0)  # padding may hold anything
-        if not bool(torch.isfinite(feats).all()):
-            where = "real features" if mask is not None else "features"
-            raise InputError(f"GSP input contains NaN or infinite values (in the {where}); check the backbone output")
-        return feats, mask, spatial
-
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, return_details: bool = False
                 ) -> Union[Tensor, tuple[Tensor, dict]]:
         """Pool ``x`` (B, C, H, W) or (B, N, C) into (B, C); see the class docstring."""
-        feats, mask, spatial = self._tokens(x, mask)
-        B, n, _ = feats.shape
-        dtype = solver_dtype(torch.promote_types(x.dtype, self.prototypes.dtype))
+        feats, mask, spatial = self.flatten(x, mask)
+        pooled, solution = self._transport_pool(feats, mask, return_details)
+        if not return_details:
+            return pooled
+        weights, marginals, rho = solution
+        shape = self.spatial_shape(feats, spatial)
+        return pooled, {"weights": weights.reshape(shape), "marginals": marginals, "rho": rho.reshape(shape)}
+
+    def pool(self, feats: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The :class:`Pooling` contract on validated (B, n, C) features: (pooled, weights, marginals)."""
+        pooled, (weights, marginals, _) = self._transport_pool(feats, mask, True)
+        return pooled, weights, marginals
+
+    def _transport_pool(self, feats: Tensor, mask: Optional[Tensor], with_solution: bool):
+        """``(pooled (B, C), (weights (B, n), marginals (B, m), rho (B, n)) or None)``.
+
+        Masked GAP while the k-center initialisation is pending or at ``mu = 1`` (the transport
+        problem is then still solved for the details, unless they are not asked for).
+        """
+        out_dtype = feats.dtype
+        dtype = solver_dtype(torch.promote_types(out_dtype, self.prototypes.dtype))
         ready = bool(self.initialized)
         gap_out = (not ready) or self.mu >= 1.0
-        with _no_autocast(x.device.type):
+        with no_autocast(feats.device.type):
             feats = feats.to(dtype)
             if gap_out:
-                if mask is None:
-                    pooled = feats.mean(1)
-                else:
-                    pooled = feats.sum(1) / mask.sum(1, keepdim=True).to(dtype)
+                pooled = masked_mean(feats, mask)
                 if not ready and self.training:
                     self._remember(pooled.detach())
-                if not return_details:
-                    return pooled.to(x.dtype)
-            ct = _cost_t(feats, self.prototypes.to(dtype))
-            weights, rho, marginals, _ = solve_t(
-                ct, self.mu, self.eps, solver=self.solver, iters=self.iters, mask=mask,
-                with_plan=False, cost_bound=_COST_BOUND,
+                if not with_solution:
+                    return pooled.to(out_dtype), None
+            cost_nm = cost_points_by_prototypes(feats, self.prototypes.to(dtype))
+            weights, rho, marginals, _ = solve_points_first(
+                cost_nm, self.mu, self.eps, solver=self.solver, iters=self.iters, mask=mask,
+                with_plan=False, cost_bound=COST_BOUND,
             )
             if gap_out:
-                if mask is None:
-                    weights = torch.full((B, n), 1.0 / n, dtype=dtype, device=x.device)
-                else:
-                    weights = mask.to(dtype) / mask.sum(1, keepdim=True).to(dtype)
+                weights = uniform_weights(feats, mask)
             else:
                 pooled = weighted_sum(feats, weights)
-        if not return_details:
-            return pooled.to(x.dtype)
-        shape = (B, *spatial) if spatial else (B, n)
-        details = {"weights": weights.reshape(shape), "marginals": marginals, "rho": rho.reshape(shape)}
-        return pooled.to(x.dtype), details
+        return pooled.to(out_dtype), ((weights, marginals, rho) if with_solution else None)

@@ -7,7 +7,7 @@ GSP), each with the points coloured by class and each class's convex hull
 separate. :func:`hull_overlap` quantifies this: the fraction of points lying inside the hull of
 another class, in the plotted 2-D view.
 
-Plots use matplotlib's object API on an Agg canvas (no global backend change).
+Plots use matplotlib's object API (:func:`gspdml.viz.figure.save_figure`).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gspdml.errors import InputError
+from gspdml.viz.figure import save_figure
 
 __all__ = ["project_2d", "class_hulls", "hull_overlap", "plot_embedding_geometry"]
 
@@ -155,7 +156,4 @@ def plot_embedding_geometry(
         axes[-1].legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     if title:
         fig.suptitle(title)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
+    return save_figure(fig, path, dpi=110)

@@ -6,7 +6,7 @@ grey, so shared (transferable) prototypes are visible at a glance. Prototype col
 :func:`prototype_colors` and match :func:`gspdml.viz.weights.plot_weight_maps` when it colours
 locations by their dominant prototype.
 
-Plots are written with matplotlib's object API on an Agg canvas (no global backend change).
+Plots are written with matplotlib's object API (:func:`gspdml.viz.figure.save_figure`).
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from typing import Sequence
 import numpy as np
 
 from gspdml.errors import InputError
+from gspdml.viz.figure import save_figure
 
-__all__ = ["prototype_colors", "plot_prototype_histograms", "class_prototype_histograms"]
+__all__ = ["prototype_colors", "plot_prototype_histograms"]
 
 
 def prototype_colors(num_prototypes: int) -> np.ndarray:
@@ -38,25 +39,6 @@ def prototype_colors(num_prototypes: int) -> np.ndarray:
     return colormaps["turbo"](np.linspace(0.05, 0.95, m))
 
 
-def class_prototype_histograms(z, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class mean prototype marginals: ``(classes (C,), z_per_class (C, m))`` from z (N, m), labels (N,)."""
-    from gspdml.analysis.zeroshot import class_means
-
-    return class_means(z, labels)
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise InputError(f"plots are written as PNG; give a path ending in .png, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
-    return path
-
-
 def plot_prototype_histograms(
     z_per_class,
     path: str | os.PathLike,
@@ -68,7 +50,7 @@ def plot_prototype_histograms(
 
     Args:
         z_per_class: (C, m) array, row ``c`` = mean prototype marginal of class ``c`` (e.g. from
-            :func:`class_prototype_histograms`).
+            :func:`gspdml.analysis.zeroshot.class_means` of the marginals).
         path: output ``.png`` file (folders are created).
         class_names: optional C labels for the panel titles (default ``class <i>``).
         title: optional figure title.
@@ -118,4 +100,4 @@ def plot_prototype_histograms(
             ax.set_xlabel("prototype", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -9,7 +9,7 @@ bar. With ``dominant`` (the index of the prototype receiving most of each locati
 :func:`gspdml.viz.prototypes.prototype_colors`) with opacity growing with the weight, as in the
 paper's Fig. 5.
 
-Plots are written with matplotlib's object API on an Agg canvas (no global backend change).
+Plots are written with matplotlib's object API (:func:`gspdml.viz.figure.save_figure`).
 """
 from __future__ import annotations
 
@@ -93,12 +93,12 @@ def nearest_prototypes(features, prototypes) -> np.ndarray:
 
     In GSP's solution ``pi_ij = softmax_i(-eps c_ij) · sigma_j / n`` the prototype receiving most
     of location ``j``'s mass is the one of smallest cost ``c_ij = ||w̄_i − f̄_j||`` (any ``mu``,
-    ``eps``), so this is ``argmin_i`` of :func:`gspdml.pooling.functional.prototype_cost`.
+    ``eps``), so this is ``argmin_i`` of :func:`gspdml.functional.prototype_cost`.
 
     ``features``: the GSP layer's input, a map (N, C, h, w) or a token set (N, n, C);
     ``prototypes``: (m, C). Returns (N, h, w) or (N, n) prototype indices.
     """
-    from gspdml.pooling.functional import prototype_cost
+    from gspdml.functional import prototype_cost
 
     f = torch.as_tensor(_numpy("features", features)) if not isinstance(features, torch.Tensor) else features
     w = torch.as_tensor(_numpy("prototypes", prototypes)) if not isinstance(prototypes, torch.Tensor) else prototypes
@@ -190,7 +190,8 @@ def plot_weight_maps(
     from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm
     from matplotlib.figure import Figure
 
-    from gspdml.viz.prototypes import _save, prototype_colors
+    from gspdml.viz.figure import save_figure
+    from gspdml.viz.prototypes import prototype_colors
 
     im = _prepare_images(images)
     rel = relative_weights(weights)
@@ -265,4 +266,4 @@ def plot_weight_maps(
     bar.ax.tick_params(labelsize=6)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,0 +1,78 @@
+"""Dataset preparation for a run: the splits of ``cfg.data`` with their transforms, the MLRC fold
+split (:func:`gspdml.data.split_train_val`) and the class-balanced batch sampler."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from torch.utils.data import Dataset
+
+from gspdml.config import TrainConfig
+from gspdml.data.samplers import ClassBalancedBatchSampler
+from gspdml.data.splits import split_train_val
+from gspdml.engine.distributed import DistContext
+from gspdml.errors import ConfigError, InputError
+
+__all__ = ["make_split", "build_datasets", "build_sampler"]
+
+
+def make_split(cfg: TrainConfig, split: str, train: bool) -> Dataset:
+    """``cfg.data``'s dataset, split ``split``, with the train or eval transform."""
+    from gspdml.data import build_dataset, build_transform  # the dataset modules import torchvision
+
+    d = cfg.data
+    transform = None
+    if d.transform.lower() != "none":
+        transform = build_transform(d.transform, train=train, normalization=d.normalization, image_size=d.image_size)
+    return build_dataset(d.dataset, d.root, split, transform=transform, **d.options)
+
+
+def build_datasets(cfg: TrainConfig, given: Mapping[str, Dataset | None] | None = None) -> dict[str, Dataset | None]:
+    """The datasets of a run: ``train``, ``val``, ``test``, ``gallery``.
+
+    Without a ``train`` in ``given`` they are built from ``cfg.data`` (entries of ``given``
+    replace them): with ``data.fold`` set, the train split is divided into ``data.num_folds`` MLRC
+    folds, training on the other folds and validating on the held-out one (eval transform); else
+    ``data.val_split`` validates when set; ``test``/``gallery`` when ``eval.test_at_end``.
+    With a ``train`` in ``given`` (not None), only the fold split is done (when ``data.fold`` is set and no
+    ``val`` is given), validating on ``given["train_eval"]`` (the same set, eval transform) if any.
+    """
+    d = cfg.data
+    out = dict(given or {})
+    if "train" in out:
+        if out["train"] is None:
+            raise InputError("datasets['train'] is missing")
+        if d.fold is not None and out.get("val") is None:
+            out["train"], out["val"] = split_train_val(out["train"], d.fold, d.num_folds, out.get("train_eval"))
+        return out
+    built: dict[str, Dataset | None] = {"train": make_split(cfg, d.train_split, True), "val": None,
+                                        "test": None, "gallery": None}
+    if d.fold is not None:
+        built["train"], built["val"] = split_train_val(built["train"], d.fold, d.num_folds,
+                                                       make_split(cfg, d.train_split, False))
+    elif d.val_split:
+        built["val"] = make_split(cfg, d.val_split, False)
+    if cfg.eval.test_at_end:
+        built["test"] = make_split(cfg, d.test_split, False)
+        if d.gallery_split:
+            built["gallery"] = make_split(cfg, d.gallery_split, False)
+    return {**built, **out}
+
+
+def build_sampler(cfg: TrainConfig, train_set, ctx: DistContext) -> ClassBalancedBatchSampler:
+    """This rank's class-balanced batches (``data.classes_per_batch`` x ``data.samples_per_class``)
+    over ``train_set`` (labels ``0..C-1``); ConfigError when the set cannot fill one batch."""
+    d = cfg.data
+    if d.classes_per_batch > train_set.num_classes:
+        raise ConfigError(
+            f"data.classes_per_batch={d.classes_per_batch} but the training set has only {train_set.num_classes} classes"
+        )
+    sampler = ClassBalancedBatchSampler(
+        train_set.labels, classes_per_batch=d.classes_per_batch, samples_per_class=d.samples_per_class,
+        seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True,
+    )
+    if len(sampler) == 0:
+        raise ConfigError(
+            f"the class-balanced sampler yields no batch ({d.classes_per_batch} classes x "
+            f"{d.samples_per_class} samples from {len(train_set)} samples of {train_set.num_classes} classes)"
+        )
+    return sampler

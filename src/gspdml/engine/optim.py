@@ -1,0 +1,74 @@
+"""Optimiser and learning-rate schedule of a run: :func:`build_optimizer`, :func:`build_scheduler`."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from gspdml.config import OPTIMIZERS, TrainConfig
+from gspdml.errors import ConfigError, unknown_choice
+
+if TYPE_CHECKING:
+    from gspdml.engine.state import TrainModule
+
+__all__ = ["build_optimizer", "build_scheduler"]
+
+
+def build_optimizer(cfg: TrainConfig, module: TrainModule) -> torch.optim.Optimizer:
+    """Optimizer over the model, the DML loss's own parameters and L_ZS's class table.
+
+    The model's parameters follow :meth:`EmbeddingModel.param_groups` (no weight decay on norm
+    layers, biases, 1-D parameters and GSP prototypes) when ``optim.no_decay_norm_bias``, else all
+    decay. The losses' ``param_groups()`` (proxies, NIR flow, class-embedding table) get
+    ``lr x lr_mult``; the proxies' multiplier is the loss's own ``proxy_lr_mult`` keyword.
+    """
+    o = cfg.optim
+    groups: list[dict] = []
+    seen: set[int] = set()
+
+    def add(name: str, params, lr_mult: float, weight_decay: float) -> None:
+        params = [p for p in params if p.requires_grad and id(p) not in seen]
+        if params:
+            seen.update(id(p) for p in params)
+            groups.append({"name": name, "params": params, "lr": o.lr * lr_mult, "lr_mult": lr_mult,
+                           "weight_decay": weight_decay})
+
+    for owner in (module.loss, module.zero_shot):
+        for g in (owner.param_groups() if hasattr(owner, "param_groups") else []):
+            add(g.get("name", "loss"), g["params"], float(g.get("lr_mult", 1.0)), o.weight_decay)
+    model = module.model
+    if o.no_decay_norm_bias and hasattr(model, "param_groups"):
+        for g in model.param_groups(o.weight_decay):
+            add(g["name"], g["params"], 1.0, g["weight_decay"])
+    add("weights", module.parameters(), 1.0, o.weight_decay)  # everything not yet grouped
+    if not groups:
+        raise ConfigError("nothing to train: the model and the loss have no parameter that requires gradients")
+    name = o.name.lower()
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    raise unknown_choice("optim.name", o.name, OPTIMIZERS)  # pragma: no cover (validated)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    """LambdaLR: linear warm-up over ``optim.warmup_steps``, then constant / cosine / step decay."""
+    o = cfg.optim
+    kind = o.scheduler.lower()
+    warm = o.warmup_steps
+    total = max(int(total_steps), 1)
+
+    def factor(step: int) -> float:
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        if kind == "cosine":
+            t = min(max(step - warm, 0) / max(total - warm, 1), 1.0)
+            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        if kind == "step":
+            return o.gamma ** (max(step - warm, 0) // o.step_size)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,183 @@
+"""The ``nn.Module`` wrappers that the built-in losses are made of.
+
+Every loss :func:`gspdml.losses.build_loss` returns is a :class:`DMLLoss`:
+``forward(embeddings (B, D), labels (B,)) -> scalar`` and ``param_groups() -> [{"name", "params",
+"lr_mult"}]`` (parameters with their own learning-rate multiplier: proxies, the NIR flow; empty for
+pair losses). A proxy loss exposes its multiplier as ``proxy_lr_mult``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from pytorch_metric_learning import losses as pml_losses
+from torch import Tensor, nn
+
+from gspdml.errors import ConfigError, InputError
+from gspdml.losses.nir import NIRLoss
+from gspdml.losses.presets import NIR_FLOW_LR_MULT, PROXY_LR_MULT
+
+__all__ = ["check_batch", "DMLLoss", "PairLoss", "XBMLoss", "ProxyLoss", "NIRProxyLoss"]
+
+
+def check_batch(embeddings: Tensor, labels: Tensor, where: str, embedding_dim: Optional[int] = None) -> None:
+    """InputError (prefixed by ``where``) unless ``embeddings`` is (B, D) and ``labels`` is (B,).
+
+    With ``embedding_dim`` given, D must equal it.
+    """
+    if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
+        raise InputError(f"{where}: embeddings must be a (B, D) tensor, got {getattr(embeddings, 'shape', type(embeddings))}")
+    if embedding_dim is not None and embeddings.shape[1] != embedding_dim:
+        raise InputError(f"{where}: embeddings have dimension {embeddings.shape[1]}, the loss was built for {embedding_dim}")
+    if not isinstance(labels, Tensor) or labels.shape != (embeddings.shape[0],):
+        raise InputError(
+            f"{where}: labels must be a (B,) tensor matching the {embeddings.shape[0]} embeddings, "
+            f"got {getattr(labels, 'shape', type(labels))}"
+        )
+
+
+class DMLLoss(nn.Module):
+    """Base class of the losses built by :func:`gspdml.losses.build_loss`."""
+
+    name = "loss"
+    embedding_dim: Optional[int] = None
+
+    def param_groups(self) -> list[dict]:
+        """Parameters with their own learning-rate multiplier (empty for pair losses)."""
+        return []
+
+
+class PairLoss(DMLLoss):
+    """A pytorch-metric-learning loss with an optional miner: ``loss(emb, labels, miner(emb, labels))``."""
+
+    def __init__(self, name: str, loss: nn.Module, miner: Optional[nn.Module] = None, embedding_dim: Optional[int] = None) -> None:
+        super().__init__()
+        self.name = name
+        self.loss = loss
+        self.miner = miner
+        self.embedding_dim = embedding_dim
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        check_batch(embeddings, labels, self.name, self.embedding_dim)
+        indices = self.miner(embeddings, labels) if self.miner is not None else None
+        return self.loss(embeddings, labels, indices)
+
+
+class XBMLoss(DMLLoss):
+    """Cross-batch memory (Wang et al. 2020) with a contrastive loss.
+
+    ``L = L_contrastive(batch) + memory_weight * L_contrastive(batch vs memory)``. During the first
+    ``warmup_iters`` training iterations only the batch loss is used and nothing is enqueued (as in
+    the XBM code); afterwards each training step enqueues the batch (detached) into a FIFO memory
+    of ``memory_size`` embeddings (PML's ``CrossBatchMemory``) and adds the memory loss. The
+    iteration counter, the memory and its write pointer are buffers (checkpointed). Forward calls
+    in eval mode neither count iterations nor touch the memory (batch loss only). The reference
+    values of the settings are the defaults of the ``XBM`` builder.
+    """
+
+    def __init__(
+        self, embedding_dim: int, memory_size: int, warmup_iters: int, pos_margin: float, neg_margin: float, memory_weight: float
+    ) -> None:
+        super().__init__()
+        if memory_size <= 0 or warmup_iters < 0:
+            raise ConfigError(f"XBM: memory_size must be > 0 and warmup_iters >= 0, got {memory_size}, {warmup_iters}")
+        self.name = "XBM"
+        self.embedding_dim = embedding_dim
+        self.warmup_iters = int(warmup_iters)
+        self.memory_weight = float(memory_weight)
+        self.batch_loss = pml_losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin)
+        self.memory = pml_losses.CrossBatchMemory(
+            pml_losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin), embedding_dim, memory_size=memory_size
+        )
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_idx", torch.zeros((), dtype=torch.long))
+        self.register_buffer("memory_filled", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def memory_active(self) -> bool:
+        """Whether the memory loss is used from the next training step on."""
+        return int(self.iteration) >= self.warmup_iters
+
+    def memory_contents(self) -> tuple[Tensor, Tensor]:
+        """The valid part of the memory: ``(embeddings (M, D), labels (M,))``."""
+        n = self.memory.memory_size if bool(self.memory_filled) else int(self.queue_idx)
+        return self.memory.embedding_memory[:n], self.memory.label_memory[:n]
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        check_batch(embeddings, labels, self.name, self.embedding_dim)
+        loss = self.batch_loss(embeddings, labels)
+        if not self.training:
+            return loss
+        if embeddings.shape[0] > self.memory.memory_size:
+            raise InputError(f"XBM: batch size {embeddings.shape[0]} exceeds memory_size {self.memory.memory_size}")
+        self.iteration += 1
+        if int(self.iteration) <= self.warmup_iters:
+            return loss
+        # PML keeps the pointer in plain attributes: restore them from our buffers and write back.
+        self.memory.queue_idx = int(self.queue_idx)
+        self.memory.has_been_filled = bool(self.memory_filled)
+        memory_loss = self.memory(embeddings, labels)
+        self.queue_idx.fill_(int(self.memory.queue_idx))
+        self.memory_filled.fill_(bool(self.memory.has_been_filled))
+        return loss + self.memory_weight * memory_loss
+
+
+class ProxyLoss(DMLLoss):
+    """A PML proxy loss (``ProxyNCALoss``/``ProxyAnchorLoss``); the proxies get ``proxy_lr_mult``."""
+
+    def __init__(self, name: str, loss: nn.Module, embedding_dim: int, proxy_lr_mult: float = PROXY_LR_MULT) -> None:
+        super().__init__()
+        self.name = name
+        self.loss = loss
+        self.embedding_dim = embedding_dim
+        self.proxy_lr_mult = float(proxy_lr_mult)
+
+    @property
+    def proxies(self) -> nn.Parameter:
+        return self.loss.proxies
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        check_batch(embeddings, labels, self.name, self.embedding_dim)
+        n = self.proxies.shape[0]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n):
+            raise InputError(
+                f"{self.name}: labels must lie in [0, {n - 1}] (one proxy per training class), "
+                f"got range [{int(labels.min())}, {int(labels.max())}]"
+            )
+        return self.loss(embeddings, labels)
+
+    def param_groups(self) -> list[dict]:
+        return [{"name": "proxies", "params": [self.proxies], "lr_mult": self.proxy_lr_mult}]
+
+
+class NIRProxyLoss(DMLLoss):
+    """``L_NIR(emb | proxies[labels]) + proxy_weight * L_proxy(emb, labels)`` (Roth et al. 2022).
+
+    Wraps any :class:`ProxyLoss`; its proxies keep their ``proxy_lr_mult``, the flow gets ``flow_lr_mult``.
+    """
+
+    def __init__(self, proxy_loss: ProxyLoss, nir: NIRLoss, proxy_weight: float, flow_lr_mult: float = NIR_FLOW_LR_MULT) -> None:
+        super().__init__()
+        self.name = f"{proxy_loss.name}+NIR"
+        self.proxy_loss = proxy_loss
+        self.nir = nir
+        self.proxy_weight = float(proxy_weight)
+        self.flow_lr_mult = float(flow_lr_mult)
+        self.embedding_dim = proxy_loss.embedding_dim
+
+    @property
+    def proxies(self) -> nn.Parameter:
+        return self.proxy_loss.proxies
+
+    @property
+    def proxy_lr_mult(self) -> float:
+        return self.proxy_loss.proxy_lr_mult
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        proxy = self.proxy_loss(embeddings, labels)
+        return self.nir(embeddings, self.proxy_loss.proxies, labels) + self.proxy_weight * proxy
+
+    def param_groups(self) -> list[dict]:
+        return self.proxy_loss.param_groups() + [
+            {"name": "nir_flow", "params": list(self.nir.parameters()), "lr_mult": self.flow_lr_mult}
+        ]
