@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gspdml.data import mlrc_folds, subset_by_classes
+from engine_fixtures import Blobs
+from gspdml.data import mlrc_folds, relabeled, subset_by_classes
 from gspdml.data.splits import split_classes_in_half, split_train_val
 from gspdml.errors import InputError
 
@@ -63,3 +64,10 @@ def test_split_train_val():
     train, val = split_train_val(ds, fold=1)
     assert val.indices.tolist() == [4, 5, 6, 7] and val.labels.tolist() == [0, 0, 1, 1]
     assert train.num_classes == 6 and sorted(set(train.labels.tolist())) == list(range(6))
+
+
+def test_relabeled_dataset_maps_to_contiguous_ids():
+    """The one relabelling: original ids 7, 8, 9 become 0, 1, 2; items carry the new label."""
+    ds = relabeled(Blobs(3, 2, first_class=7))
+    assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2] and ds.num_classes == 3
+    assert ds[3][1] == 1

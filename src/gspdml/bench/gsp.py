@@ -27,13 +27,11 @@ import torch
 
 from gspdml.errors import InputError
 from gspdml.io import format_table
-from gspdml.pooling.transport import cost_points_by_prototypes, solve_points_first, weighted_sum
+from gspdml.pooling.transport import COST_BOUND, cost_points_by_prototypes, solve_points_first, weighted_sum
 
 SHAPES = [(32, 64, 49, 128), (32, 128, 49, 512), (32, 128, 196, 512), (64, 64, 784, 128)]
 METHODS = ("gap", "floor", "exact", "fixed_point")
 MU, EPS, ITERS = 0.3, 5.0, 100
-# Normalised vectors have norm <= 1, so every GSP cost lies in [0, 2] (same hint the layer uses).
-_COST_BOUND = 2.0
 
 
 def tune_glibc_malloc() -> bool:
@@ -61,7 +59,7 @@ def gsp_pool(feats: torch.Tensor, protos: torch.Tensor, solver: str):
     """What ``GSP.forward`` computes (without input validation): pooled (B, D) and z (B, m)."""
     cost_nm = cost_points_by_prototypes(feats, protos)
     weights, _, marginals, _ = solve_points_first(cost_nm, MU, EPS, solver=solver, iters=ITERS,
-                                                  with_plan=False, cost_bound=_COST_BOUND)
+                                                  with_plan=False, cost_bound=COST_BOUND)
     return weighted_sum(feats, weights), marginals
 
 

@@ -27,7 +27,6 @@ __all__ = [
     "eval_config",
     "load_checkpoint_for_eval",
     "eval_dataset",
-    "eval_transform",
     "display_normalization",
     "default_output_dir",
     "class_names_of",
@@ -156,16 +155,6 @@ def eval_dataset(cfg, split: str | None):
 
     split = split or cfg.data.test_split
     return make_split(cfg, split, False), split
-
-
-def eval_transform(cfg):
-    """The evaluation transform of a config (``None`` when ``data.transform`` is none)."""
-    d = cfg.data
-    if str(d.transform).lower() == "none":
-        return None
-    from gspdml.data import build_transform
-
-    return build_transform(d.transform, train=False, normalization=d.normalization, image_size=d.image_size)
 
 
 def display_normalization(cfg) -> str:

@@ -35,10 +35,11 @@ def _load_image_files(paths: list[str], cfg, model):
     from torchvision.transforms import v2
 
     from gspdml.data.images import load_image
+    from gspdml.engine.datasets import transform_for
 
     in_channels = getattr(getattr(model, "backbone", None), "in_channels", 3)
     mode = "L" if in_channels == 1 else "RGB"
-    transform = common.eval_transform(cfg) or v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    transform = transform_for(cfg, train=False) or v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
     tensors = []
     for path in paths:
         x = transform(load_image(path, mode=mode))

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gspdml.errors import ConfigError
 from gspdml.registry import Registry
 
 __all__ = ["DATASETS", "build_dataset"]
@@ -26,15 +25,7 @@ def build_dataset(name: str, root: Any, split: str, transform: Callable | None =
     ``options`` are passed to the dataset's builder (e.g. ``verify=True``, ``skip_corrupt=True``,
     ``seed=0``); an option the builder does not accept is a ConfigError listing the accepted ones.
     """
-    builder = DATASETS.get(name)
-    accepted = DATASETS.arguments(name)
-    unknown = [] if accepted is None else sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"dataset {DATASETS.display_name(name)!r} does not accept the option(s) {unknown}; "
-            f"valid options are: {', '.join(accepted) or '(none)'}"
-        )
-    return builder(root, split, transform, **options)
+    return DATASETS.build(name, root, split, transform, **options)
 
 
 # The built-in datasets register themselves on import (kept last: they import DATASETS).

@@ -6,7 +6,7 @@ Every run goes through the library's public pieces: datasets from :func:`gspdml.
 :func:`gspdml.evaluation.compute_retrieval_metrics` on embeddings from
 :func:`gspdml.engine.evaluate.embed_dataset`.
 
-Design choices (measured while building the demo; see the README, section "Quickstart"):
+Design choices (measured while building the demo; results in docs/results.md):
 
 * A cosine learning-rate schedule with a short warm-up. With a constant learning rate the
   unseen-class MAP@R of one GSP run moved by up to 0.1-0.2 from one epoch to the next (e.g.

@@ -12,18 +12,25 @@ from gspdml.data.splits import split_train_val
 from gspdml.engine.distributed import DistContext
 from gspdml.errors import ConfigError, InputError
 
-__all__ = ["make_split", "build_datasets", "build_sampler"]
+__all__ = ["transform_for", "make_split", "build_datasets", "build_sampler"]
+
+
+def transform_for(cfg: TrainConfig, train: bool):
+    """The train or eval transform of ``cfg.data`` (``None`` when ``data.transform`` is none)."""
+    from gspdml.data import build_transform  # the transforms import torchvision
+
+    d = cfg.data
+    if str(d.transform).lower() == "none":
+        return None
+    return build_transform(d.transform, train=train, normalization=d.normalization, image_size=d.image_size)
 
 
 def make_split(cfg: TrainConfig, split: str, train: bool) -> Dataset:
     """``cfg.data``'s dataset, split ``split``, with the train or eval transform."""
-    from gspdml.data import build_dataset, build_transform  # the dataset modules import torchvision
+    from gspdml.data import build_dataset
 
     d = cfg.data
-    transform = None
-    if d.transform.lower() != "none":
-        transform = build_transform(d.transform, train=train, normalization=d.normalization, image_size=d.image_size)
-    return build_dataset(d.dataset, d.root, split, transform=transform, **d.options)
+    return build_dataset(d.dataset, d.root, split, transform=transform_for(cfg, train), **d.options)
 
 
 def build_datasets(cfg: TrainConfig, given: Mapping[str, Dataset | None] | None = None) -> dict[str, Dataset | None]:

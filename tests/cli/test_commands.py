@@ -1,0 +1,64 @@
+"""`gspdml train`, `eval` and `protocol` end to end on the shipped Digits Collage (CPU, seconds)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from gspdml.cli import main
+
+
+def _digits_config(tmp_path):
+    cfg = {
+        "name": "digits_cli",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"dataset": "digits_collage", "transform": "none", "normalization": "none",
+                 "classes_per_batch": 4, "samples_per_class": 2, "num_workers": 0,
+                 "options": {"grid": 2, "upsample": 1, "samples_per_class": 8}},
+        "model": {"backbone": "smallcnn", "backbone_kwargs": {"widths": [4, 4, 8]}, "local_dim": 8,
+                  "pooling": "gap", "freeze_bn": False},
+        "loss": {"name": "C1"},
+        "optim": {"lr": 1.0e-3},
+        "train": {"max_steps": 2, "device": "cpu", "plot": False, "log_every": 1},
+    }
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_eval_protocol_commands(tmp_path, capsys):
+    path = _digits_config(tmp_path)
+    assert main(["train", "--config", str(path), "train.max_steps=3", "--no-progress"]) == 0
+    run = tmp_path / "runs" / "digits_cli"
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["steps"] == 3 and "run folder:" in capsys.readouterr().out
+
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(run), "--split", "test", "--device", "cpu", "--no-progress",
+                 "--json", str(out_json)]) == 0
+    evaluated = json.loads(out_json.read_text())
+    assert evaluated["metrics"] == pytest.approx(summary["final"])  # same model, same split
+    assert "map_at_r" in capsys.readouterr().out
+
+    # resume with the stored config: continue to 5 steps
+    assert main(["train", "--resume", str(run), "train.max_steps=5", "--no-progress"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 5
+
+    assert main(["protocol", "--config", str(path), "--folds", "0", "1", "--out", str(tmp_path / "p"),
+                 "--no-progress", "train.save_checkpoints=false"]) == 0
+    assert "| 128D |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p" / "protocol.json").read_text())["folds"] == [0, 1]
+
+
+def test_commands_report_user_errors(tmp_path, capsys):
+    path = _digits_config(tmp_path)
+    assert main(["train", "--config", str(path), "optim.learnrate=1"]) == 2
+    assert "valid keys of 'optim'" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert "--config" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "data.dataset=imagenet"]) == 2
+    err = capsys.readouterr().err
+    assert "imagenet" in err and "cub" in err  # unknown dataset lists the choices
