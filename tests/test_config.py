@@ -40,9 +40,9 @@ def test_yaml_round_trip(tmp_path):
 def test_overrides_are_parsed_as_yaml(tmp_path):
     f = tmp_path / "x.yaml"
     f.write_text("name: x\ntrain: {max_steps: 5}\n")
-    cfg = load_config(f, ["train.amp=false", "data.fold=null", "optim.lr=1e-3", "train.max_steps=7",
+    cfg = load_config(f, ["train.plot=false", "data.fold=null", "optim.lr=1e-3", "train.max_steps=7",
                           "eval.recall_ks=[1, 5]", "loss.kwargs.margin=0.2", "name=y"])
-    assert cfg.train.amp is False and cfg.data.fold is None
+    assert cfg.train.plot is False and cfg.data.fold is None
     assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)  # '1e-3' is a YAML string
     assert cfg.train.max_steps == 7 and cfg.eval.recall_ks == [1, 5]
     assert cfg.loss.kwargs == {"margin": 0.2} and cfg.name == "y"
@@ -66,8 +66,10 @@ def test_unknown_key_lists_valid_keys():
 
 
 def test_wrong_type_names_key_value_and_type():
-    with pytest.raises(ConfigError, match=r"'train.amp': value 'maybe' has the wrong type; expected bool or null"):
-        load_config(None, ["train.amp=maybe"])
+    with pytest.raises(ConfigError, match=r"'train.plot': value 'maybe' has the wrong type; expected bool$"):
+        load_config(None, ["train.plot=maybe"])
+    with pytest.raises(ConfigError, match=r"'train.patience': value 'maybe' has the wrong type; expected int or null"):
+        load_config(None, ["train.patience=maybe"])
     with pytest.raises(ConfigError, match=r"'data.classes_per_batch'.*'eight'.*expected int"):
         config_from_dict({"data": {"classes_per_batch": "eight"}})
     with pytest.raises(ConfigError, match="section 'model' must be a mapping"):
@@ -179,3 +181,49 @@ def test_shipped_configs_name_registered_components():
         assert cfg.model.backbone in BACKBONES, f
         assert cfg.model.pooling in POOLINGS, f
         assert cfg.loss.name.lower() in losses, f
+
+
+def test_precision_replaces_amp():
+    assert TrainConfig().train.precision == "auto" and TrainConfig().train.freeze_backbone_epochs == 0
+    assert load_config(None, ["train.precision=bf16"]).train.precision == "bf16"
+    for value in ("true", "false", "null"):
+        with pytest.raises(ConfigError, match=r"'train.amp' was removed; set train.precision instead"):
+            load_config(None, [f"train.amp={value}"])
+    with pytest.raises(ConfigError, match=r"'train.precision': unknown value 'fp8'; valid choices are: auto, fp32, bf16, fp16"):
+        load_config(None, ["train.precision=fp8"])
+
+
+def test_resolve_precision():
+    import torch
+
+    from gspdml.config import resolve_precision
+
+    table = {("auto", "cuda"): torch.float16, ("auto", "cpu"): None, ("fp32", "cuda"): None, ("fp32", "cpu"): None,
+             ("bf16", "cuda"): torch.bfloat16, ("bf16", "cpu"): torch.bfloat16, ("fp16", "cuda"): torch.float16,
+             ("FP16", "cuda:1"): torch.float16}
+    for (precision, device), dtype in table.items():
+        assert resolve_precision(precision, device) is dtype, (precision, device)
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ConfigError, match=r"fp16 needs CUDA.*bf16.*works on the CPU"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ConfigError, match="valid choices are: auto, fp32, bf16, fp16"):
+        resolve_precision("half", "cuda")
+
+
+def test_freeze_backbone_epochs_range():
+    assert load_config(None, ["train.freeze_backbone_epochs=3"]).train.freeze_backbone_epochs == 3
+    with pytest.raises(ConfigError, match=r"'train.freeze_backbone_epochs': expected an int >= 0, got -1"):
+        load_config(None, ["train.freeze_backbone_epochs=-1"])
+
+
+def test_stored_configs_with_amp_are_upgraded():
+    from gspdml.config import upgrade_stored_config
+
+    stored = to_dict(TrainConfig())
+    del stored["train"]["precision"]
+    for amp, precision in ((None, "auto"), (True, "auto"), (False, "fp32")):
+        old = {**stored, "train": {**stored["train"], "amp": amp}}
+        new = upgrade_stored_config(old)
+        assert "amp" in old["train"] and "amp" not in new["train"]  # a copy
+        assert config_from_dict(new).train.precision == precision
+    assert upgrade_stored_config(to_dict(TrainConfig())) == to_dict(TrainConfig())

@@ -221,3 +221,28 @@ def test_readme_has_the_ci_commands():
     blocks = [m.group(1).strip() for m in FENCE.finditer(text)]
     assert 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && gspdml demo' in blocks
     assert "python -m pytest -q" in blocks
+
+
+def _test_references() -> list[tuple[str, str, str]]:
+    """``(doc, test file, test name)`` for every ``tests/...py::name`` the docs cite."""
+    out = []
+    for doc in DOCS:
+        for file, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", doc.read_text()):
+            out.append((_rel(doc), file, name))
+    return out
+
+
+def test_docs_cite_tests():
+    assert any(doc.endswith("reliability.md") for doc, _, _ in _test_references())
+
+
+@pytest.mark.parametrize("doc,file,name", _test_references(), ids=lambda v: str(v))
+def test_cited_test_exists(doc, file, name):
+    """A test the docs cite (``tests/x.py::test_y``) is a test function of that file."""
+    import ast
+
+    path = ROOT / file
+    assert path.is_file(), f"{doc} cites {file}, which does not exist"
+    tree = ast.parse(path.read_text())
+    names = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    assert name in names, f"{doc} cites {file}::{name}, which is not a test in that file"

@@ -10,12 +10,20 @@ A config is a :class:`TrainConfig` with the sections ``data``, ``model``, ``loss
 
 Unknown keys raise :class:`~gspdml.errors.ConfigError` listing the valid keys of that section;
 wrong types raise it naming the key, the value and the expected type. Override values are parsed
-as YAML (``train.amp=false`` gives ``False``, ``data.fold=null`` gives ``None``).
+as YAML (``train.plot=false`` gives ``False``, ``data.fold=null`` gives ``None``). Every float is
+checked finite and in its range (``optim.lr=.nan`` is an error naming the key); a NaN anywhere in
+a free-form mapping (``loss.kwargs``, ``model.pooling_kwargs``, ...) is an error too.
+
+:func:`check_learnable` refuses settings with which a loss cannot learn (a pair loss without
+positives or negatives in a batch, L_ZS without two class-disjoint halves, more classes per batch
+than the training set has); :func:`resolve_precision` turns ``train.precision`` into the autocast
+dtype for a device.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import types
@@ -46,17 +54,39 @@ __all__ = [
     "find_config",
     "shipped_configs",
     "parse_device",
+    "resolve_precision",
+    "check_learnable",
+    "upgrade_stored_config",
     "OPTIMIZERS",
     "SCHEDULERS",
     "DEVICES",
+    "PRECISIONS",
+    "FLOAT_RANGES",
+    "PAIR_LOSSES",
+    "PROXY_LOSSES",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "cosine", "step")
+SCHEDULERS = ("none", "cosine", "step", "multistep")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+#: losses that compare samples of a batch with each other: they need positives (two samples of a
+#: class) and negatives (two classes) in every batch (XBM: its batch loss during the warm-up)
+PAIR_LOSSES = ("c1", "c2", "triplet", "ms", "xbm")
+#: losses with one learnable proxy per training class
+PROXY_LOSSES = ("pnca", "panchor", "pnca+nir", "panchor+nir")
 
 #: keys that moved: old key -> where the setting lives now
-_MOVED_KEYS = {"optim.proxy_lr_mult": "loss.kwargs.proxy_lr_mult"}
+_MOVED_KEYS = {
+    "optim.proxy_lr_mult": "loss.kwargs.proxy_lr_mult",
+    "train.amp": "train.precision",
+}
+#: what the replacement of a moved key takes
+_MOVED_HINTS = {
+    "train.amp": ": auto (fp16 on CUDA, fp32 on the CPU; what amp: true or null did), fp32 (amp: false), bf16 "
+                 "(CPU and CUDA) or fp16 (CUDA only)",
+}
 
 
 @dataclass
@@ -69,7 +99,7 @@ class DataConfig:
     """Folder holding the dataset files as distributed by their authors."""
     image_size: int = 227
     transform: str = "mlrc"
-    """Transform kind for ``gspdml.data.build_transform`` (``mlrc``, ``small``) or ``none``."""
+    """Transform kind for ``gspdml.data.build_transform`` (``mlrc``, ``imagenet``, ``small``) or ``none``."""
     normalization: str = "bninception"
     fold: Optional[int] = None
     """MLRC fold (0..num_folds-1): train on the other folds' classes, validate on this one.
@@ -144,6 +174,8 @@ class OptimConfig:
     gamma: float = 0.5
     min_lr_ratio: float = 0.0
     """``cosine`` scheduler: final lr as a fraction of the base lr."""
+    milestone_epochs: list = field(default_factory=list)
+    """``multistep`` scheduler: multiply the lr by ``gamma`` at the start of each of these epochs."""
 
 
 @dataclass
@@ -161,13 +193,24 @@ class LoopConfig:
     """Write ``checkpoints/last.pt`` every N steps (``0``: only at the end of training)."""
     save_checkpoints: bool = True
     """``false`` writes no checkpoint at all (cheap programmatic runs)."""
-    amp: Optional[bool] = None
-    """Mixed precision; ``null`` = on when training on CUDA."""
+    precision: str = "auto"
+    """Compute precision of the forward/backward pass: ``auto`` (fp16 autocast on CUDA, fp32 on
+    the CPU), ``fp32`` (no autocast), ``bf16`` (bfloat16 autocast, CPU and CUDA) or ``fp16``
+    (float16 autocast with a gradient scaler; CUDA only). See :func:`resolve_precision`."""
+    freeze_backbone_epochs: int = 0
+    """The backbone gets no updates during the first N epochs (head, pooling and loss train)."""
     seed: int = 0
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` (this process's GPU) or ``cuda:N``."""
     grad_clip: Optional[float] = None
     """Clip the global gradient norm to this value (``null``: no clipping)."""
+    divergence_factor: Optional[float] = 1e3
+    """Stop (naming the step and the last good checkpoint) when a step's training loss exceeds the
+    run's first loss by more than this factor x max(|first loss|, 1) (``null``: no such check; a
+    NaN/inf loss always stops)."""
+    max_grad_norm: Optional[float] = None
+    """Stop when the total gradient norm (before clipping) exceeds this value (``null``: no limit).
+    With it or ``grad_clip`` set, a non-finite gradient norm stops too (fp32/bf16)."""
     log_every: int = 50
     deterministic: bool = False
     """Ask torch for deterministic algorithms (slower on GPU)."""
@@ -185,6 +228,9 @@ class EvalConfig:
     """Evaluate the final (best-validation when validating) model on ``data.test_split``."""
     use_best: bool = True
     """Restore the best-validation weights before the final test (when validation ran)."""
+    metrics: list = field(default_factory=list)
+    """Metrics beyond MAP@R / R-Precision / P@1 / Recall@K: ``nmi`` and ``map_at_<K>`` (the NIR
+    paper's NMI and mAP@1000), computed in validation, the final test, ``eval`` and the protocol."""
 
 
 @dataclass
@@ -285,7 +331,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for k in unknown:
         old = f"{prefix}.{k}" if prefix else k
         if old in _MOVED_KEYS:
-            raise ConfigError(f"config key {old!r} was removed; set {_MOVED_KEYS[old]} instead")
+            raise ConfigError(f"config key {old!r} was removed; set {_MOVED_KEYS[old]} instead"
+                              f"{_MOVED_HINTS.get(old, '')}")
     if unknown:
         raise ConfigError(
             f"unknown config key{'s' if len(unknown) > 1 else ''} "
@@ -354,17 +401,32 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"config key {key!r}: expected a positive int, got {val}")
     if d.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers': expected an int >= 0, got {d.num_workers}")
+    _check_floats(cfg)
     o = cfg.optim
     _choice("optim.name", o.name.lower(), OPTIMIZERS)
     _choice("optim.scheduler", o.scheduler.lower(), SCHEDULERS)
-    if o.lr <= 0:
-        raise ConfigError(f"config key 'optim.lr': expected a positive float, got {o.lr}")
-    if o.weight_decay < 0:
-        raise ConfigError(f"config key 'optim.weight_decay': expected a float >= 0, got {o.weight_decay}")
-    if o.warmup_steps < 0 or o.step_size < 1:
-        raise ConfigError("config keys 'optim.warmup_steps' (>= 0) and 'optim.step_size' (>= 1) out of range")
+    if o.warmup_steps < 0:
+        raise ConfigError(f"config key 'optim.warmup_steps': expected an int >= 0, got {o.warmup_steps}")
+    if o.step_size < 1:
+        raise ConfigError(f"config key 'optim.step_size': expected an int >= 1, got {o.step_size}")
+    milestones = o.milestone_epochs
+    if any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+        raise ConfigError(f"config key 'optim.milestone_epochs': expected increasing ints >= 1, got {milestones}")
+    if o.scheduler.lower() == "multistep" and not milestones:
+        raise ConfigError("optim.scheduler=multistep needs optim.milestone_epochs (e.g. [140, 230])")
+    for m in cfg.eval.metrics:
+        if not isinstance(m, str) or not re.fullmatch(r"nmi|map_at_[1-9]\d*", m):
+            raise ConfigError(f"config key 'eval.metrics': unknown metric {m!r}; valid are 'nmi' and 'map_at_<K>' "
+                              "(e.g. map_at_1000)")
     t = cfg.train
     parse_device(t.device, "train.device")
+    _choice("train.precision", str(t.precision).lower(), PRECISIONS)
+    if parse_device(t.device)[0] == "cpu":
+        _check_precision_device(str(t.precision).lower(), "cpu")  # now, not when training starts
+    if t.freeze_backbone_epochs < 0:
+        raise ConfigError(
+            f"config key 'train.freeze_backbone_epochs': expected an int >= 0, got {t.freeze_backbone_epochs}"
+        )
     if t.max_epochs < 1:
         raise ConfigError(f"config key 'train.max_epochs': expected an int >= 1, got {t.max_epochs}")
     if t.max_steps is not None and t.max_steps < 1:
@@ -377,16 +439,192 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"config key 'train.checkpoint_every_steps': expected an int >= 0, got {t.checkpoint_every_steps}"
         )
-    if t.grad_clip is not None and t.grad_clip <= 0:
-        raise ConfigError(f"config key 'train.grad_clip': expected null or a positive float, got {t.grad_clip}")
-    z = cfg.loss.zero_shot
-    if not 0.0 <= z.weight <= 1.0:
-        raise ConfigError(f"config key 'loss.zero_shot.weight': expected a float in [0, 1], got {z.weight}")
-    if z.ridge <= 0:
-        raise ConfigError(f"config key 'loss.zero_shot.ridge': expected a positive float, got {z.ridge}")
     ks = cfg.eval.recall_ks
     if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
         raise ConfigError(f"config key 'eval.recall_ks': expected a non-empty list of positive ints, got {ks}")
+
+
+#: ranges of the float keys: key -> (low, low included, high, high included); every other typed
+#: float (a key added later included) must be finite, a float inside a mapping must not be NaN
+FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
+    "optim.lr": (0.0, False, math.inf, False),
+    "optim.weight_decay": (0.0, True, math.inf, False),
+    "optim.momentum": (0.0, True, 1.0, False),
+    "optim.gamma": (0.0, False, math.inf, False),
+    "optim.min_lr_ratio": (0.0, True, 1.0, True),
+    "train.grad_clip": (0.0, False, math.inf, False),
+    "train.divergence_factor": (1.0, False, math.inf, False),
+    "train.max_grad_norm": (0.0, False, math.inf, False),
+    "loss.zero_shot.weight": (0.0, True, 1.0, True),
+    "loss.zero_shot.ridge": (0.0, False, math.inf, False),
+    "loss.zero_shot.scale": (0.0, False, math.inf, False),
+}
+
+
+def _range_text(low: float, low_in: bool, high: float, high_in: bool) -> str:
+    if math.isinf(high):
+        if low == 0 and not low_in:
+            return "a positive finite float"
+        return f"a finite float {'>=' if low_in else '>'} {low:g}"
+    return f"a float in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def _float_fields(obj: Any, prefix: str = ""):
+    """``(key, value)`` of every float field of the config dataclass ``obj`` (nested sections too)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _float_fields(value, key)
+        elif isinstance(value, float):
+            yield key, value
+        elif isinstance(value, (dict, list)):
+            yield from _nested_floats(value, key)
+
+
+def _nested_floats(value: Any, key: str):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _nested_floats(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _nested_floats(v, f"{key}[{i}]")
+    elif isinstance(value, float):
+        yield key, value
+
+
+def _check_floats(cfg: TrainConfig) -> None:
+    """Every typed float finite and in its range (:data:`FLOAT_RANGES`); no NaN in any mapping."""
+    for key, value in _float_fields(cfg):
+        rng = FLOAT_RANGES.get(key)
+        if rng is not None:
+            low, low_in, high, high_in = rng
+            ok = math.isfinite(value) and (value >= low if low_in else value > low) and (
+                value <= high if high_in else value < high)
+            if not ok:
+                null = "null or " if _is_optional(key) else ""
+                raise ConfigError(f"config key {key!r}: expected {null}{_range_text(*rng)}, got {value!r}")
+        elif _is_typed_float(key):
+            if not math.isfinite(value):
+                raise ConfigError(f"config key {key!r}: expected a finite float, got {value!r}")
+        elif math.isnan(value):  # inside a free-form mapping: the builder checks ranges, NaN is never valid
+            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+
+
+def _field_type(key: str) -> Any:
+    """The annotated type of a typed config key (``optim.lr``), or None for a key inside a mapping."""
+    cls: Any = TrainConfig
+    tp: Any = None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        tp = cls = hints[part]
+    return tp
+
+
+def _is_typed_float(key: str) -> bool:
+    tp = _field_type(key)
+    return tp is float or (typing.get_origin(tp) in (Union, types.UnionType) and float in typing.get_args(tp))
+
+
+def _is_optional(key: str) -> bool:
+    tp = _field_type(key)
+    return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def resolve_precision(precision: str, device_type: Any):
+    """The autocast dtype of ``train.precision`` on a device type (``"cpu"``, ``"cuda"`` or a
+    ``torch.device``): ``None`` means fp32 (no autocast).
+
+    ``auto``: float16 on CUDA, fp32 elsewhere; ``fp32``: None; ``bf16``: bfloat16 (CPU and CUDA);
+    ``fp16``: float16 on CUDA, a ConfigError elsewhere (float16 autocast needs CUDA; bf16 works on
+    the CPU). Loss scaling (a GradScaler) is needed only for float16.
+    """
+    import torch
+
+    kind = str(getattr(device_type, "type", device_type)).split(":")[0].lower()
+    value = str(precision).lower()
+    _choice("train.precision", value, PRECISIONS)
+    if value == "fp32":
+        return None
+    if value == "bf16":
+        return torch.bfloat16
+    if value == "auto":
+        return torch.float16 if kind == "cuda" else None
+    _check_precision_device(value, kind)
+    return torch.float16
+
+
+def _check_precision_device(precision: str, kind: str) -> None:
+    if precision == "fp16" and kind != "cuda":
+        raise ConfigError(
+            f"config key 'train.precision': fp16 needs CUDA (float16 autocast with loss scaling) and the "
+            f"device is {kind}; use train.precision=bf16 (bfloat16 autocast, works on the CPU) or fp32"
+        )
+
+
+def check_learnable(cfg: TrainConfig, num_classes: int | None = None) -> None:
+    """Refuse a run whose loss cannot learn with its batches (ConfigError naming the setting).
+
+    Without ``num_classes`` only the config is looked at: a pair loss (:data:`PAIR_LOSSES`) needs
+    positives (``data.samples_per_class >= 2``) and negatives (``data.classes_per_batch >= 2``);
+    L_ZS (``loss.zero_shot.enabled``) splits every batch into two class-disjoint halves, which
+    needs ``data.classes_per_batch >= 2``. With ``num_classes`` (the training set's class count)
+    also: at least 2 training classes, and no more classes per batch than exist (a proxy loss then
+    has more classes in a batch than proxies).
+    """
+    d = cfg.data
+    loss = str(cfg.loss.name)
+    name = loss.lower()
+    if name in PAIR_LOSSES:
+        if d.samples_per_class < 2:
+            raise ConfigError(
+                f"data.samples_per_class={d.samples_per_class}: loss {loss} compares pairs of samples and needs "
+                "at least 2 samples of a class in a batch (positives); with 1 its loss is 0 and nothing is "
+                "learned. Set data.samples_per_class >= 2"
+            )
+        if d.classes_per_batch < 2:
+            raise ConfigError(
+                f"data.classes_per_batch={d.classes_per_batch}: loss {loss} compares pairs of samples and needs "
+                "at least 2 classes in a batch (negatives); with 1 its loss is 0 and nothing is learned. "
+                "Set data.classes_per_batch >= 2"
+            )
+    if cfg.loss.zero_shot.enabled and d.classes_per_batch < 2:
+        raise ConfigError(
+            f"data.classes_per_batch={d.classes_per_batch}: loss.zero_shot.enabled (L_ZS) splits every batch "
+            "into two class-disjoint halves and needs data.classes_per_batch >= 2"
+        )
+    if num_classes is None:
+        return
+    if num_classes < 2:
+        raise ConfigError(
+            f"the training set has {num_classes} class; metric learning needs at least 2 training classes "
+            f"(check data.dataset, data.train_split and data.fold)"
+        )
+    if d.classes_per_batch > num_classes:
+        kind = f" (proxy loss {loss}: one proxy per training class)" if name in PROXY_LOSSES else ""
+        raise ConfigError(
+            f"data.classes_per_batch={d.classes_per_batch} but the training set has only {num_classes} "
+            f"classes{kind}; set data.classes_per_batch <= {num_classes} (batches hold distinct classes)"
+        )
+
+
+def upgrade_stored_config(data: dict | None) -> dict:
+    """A copy of a config dict stored by an older gspdml (a checkpoint's ``config``, a run folder's
+    ``config.yaml``) with ``train.amp`` mapped to ``train.precision``: ``false`` -> ``fp32``;
+    ``true`` or ``null`` -> ``auto`` (fp16 on CUDA; on the CPU ``amp`` was ignored, i.e. fp32,
+    which is what ``auto`` does there). For stored configs only: a user's config that sets
+    ``train.amp`` is an error naming ``train.precision``."""
+    out = copy.deepcopy(data) if data else {}
+    train = out.get("train")
+    if isinstance(train, dict) and "amp" in train:
+        amp = train.pop("amp")
+        train.setdefault("precision", "fp32" if amp is False else "auto")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,8 +30,10 @@ def jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` (see :func:`jsonable`) as indented JSON, atomically (temporary file + rename)."""
+    """Write ``obj`` (see :func:`jsonable`) as indented JSON, atomically (temporary file + rename);
+    missing parent folders are created."""
     out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, out)

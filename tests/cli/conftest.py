@@ -4,14 +4,16 @@ import torch
 
 
 def _save_untrained_checkpoint(run, *, dataset: str, options: dict, backbone: str, backbone_kwargs: dict,
-                               pooling_kwargs: dict, num_classes: int, zero_shot: bool = False):
+                               pooling_kwargs: dict, num_classes: int, zero_shot: bool = False,
+                               transform: str = "none", image_size: int = 227):
     """Build a small GSP model from a config and save it as ``run/checkpoints/best.pt``; returns ``run``."""
     from gspdml.config import TrainConfig, to_dict
     from gspdml.engine.checkpoint import save_checkpoint
     from gspdml.models import build_model
 
     cfg = TrainConfig()
-    cfg.data.dataset, cfg.data.root, cfg.data.transform, cfg.data.normalization = dataset, "", "none", "none"
+    cfg.data.dataset, cfg.data.root, cfg.data.transform, cfg.data.normalization = dataset, "", transform, "none"
+    cfg.data.image_size = image_size
     cfg.data.options = dict(options)
     cfg.model.backbone, cfg.model.backbone_kwargs = backbone, dict(backbone_kwargs)
     cfg.model.local_dim = 16
@@ -29,5 +31,6 @@ def _save_untrained_checkpoint(run, *, dataset: str, options: dict, backbone: st
 @pytest.fixture
 def untrained_checkpoint():
     """``make(run, dataset=..., options=..., backbone=..., backbone_kwargs=..., pooling_kwargs=...,
-    num_classes=..., zero_shot=False) -> run``: an untrained model saved as a run folder."""
+    num_classes=..., zero_shot=False, transform="none", image_size=227) -> run``: an untrained model
+    saved as a run folder."""
     return _save_untrained_checkpoint

@@ -59,3 +59,19 @@ def test_unknown_choices():
         build_transform("big", True, "none")
     with pytest.raises(ConfigError, match="bninception, imagenet, none"):
         build_transform("mlrc", True, "caffe")
+
+
+def test_imagenet_kind_is_torchvisions_recipe():
+    """kind=imagenet: eval Resize(round(224 * 256 / 224) = 256) + CenterCrop(224); train crop scale (0.08, 1)."""
+    from torchvision.transforms import v2
+
+    from gspdml.data.transforms import build_transform, eval_resize_size
+
+    ev = build_transform("imagenet", train=False, normalization="none", image_size=224)
+    resize = [t for t in ev.transforms if isinstance(t, v2.Resize)][0]
+    assert resize.size == [256] and eval_resize_size("imagenet", 224) == 256 and eval_resize_size("mlrc", 227) == 256
+    img = torch.rand(3, 300, 400)
+    assert tuple(ev(img).shape) == (3, 224, 224)
+    tr = build_transform("imagenet", train=True, normalization="none", image_size=224)
+    crop = [t for t in tr.transforms if isinstance(t, v2.RandomResizedCrop)][0]
+    assert tuple(crop.scale) == (0.08, 1.0) and any(isinstance(t, v2.RandomHorizontalFlip) for t in tr.transforms)

@@ -227,7 +227,7 @@ def test_registry_names_and_errors():
 def test_nir_variants_are_one_wrapper_over_the_proxy_builders():
     assert list(loss_arguments("PAnchor+NIR")) == [
         "dataset", "proxy_weight", "alpha", "margin", "proxy_lr_mult", "flow_lr_mult",
-        "num_blocks", "hidden", "num_hidden_layers", "clamp", "objective",
+        "num_blocks", "hidden", "num_hidden_layers", "clamp", "objective", "cond_mode", "noise", "subnet_init",
     ]
     assert list(loss_arguments("PNCA+NIR"))[:4] == ["dataset", "proxy_weight", "softmax_scale", "proxy_lr_mult"]
     assert loss_arguments("PNCA+NIR")["proxy_lr_mult"] == 4000.0 and loss_arguments("PNCA+NIR")["dataset"] == "cub"

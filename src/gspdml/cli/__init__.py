@@ -4,8 +4,14 @@ Every command lives in one module of this package. A table entry ``"gspdml.cli.t
 module with ``add_arguments(parser)`` and ``run(args) -> int``; ``"gspdml.cli.bench:gsp"`` names
 ``add_arguments_gsp`` / ``run_gsp`` of a module that holds several commands. Only the chosen
 command's module is imported (fast ``--help``, isolated failures). User errors
-(:class:`gspdml.errors.GspdmlError`) print as one line ``gspdml <command>: error: ...`` with exit
-code 2 (``--debug`` re-raises them); Ctrl-C exits with 130.
+(:class:`gspdml.errors.GspdmlError`, also when raised inside a DataLoader worker process) and
+file-system errors (:class:`OSError`: a full disk, a read-only folder) print as one line
+``gspdml <command>: error: ...`` with exit code 2 (``--debug`` re-raises them); Ctrl-C exits with 130.
+
+Output paths are checked before the command runs: an option whose metavar is ``DIR`` (a folder,
+e.g. ``--out``) or ``FILE`` (a file, e.g. ``--json``) names an output, and a value that cannot be
+written (a file given as a folder, a read-only folder, ...) is refused with
+``cannot write PATH (OPTION): REASON`` before any work starts.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import importlib
 import sys
 from typing import NamedTuple
 
-__all__ = ["Command", "COMMANDS", "build_parser", "main"]
+__all__ = ["Command", "COMMANDS", "build_parser", "main", "check_outputs", "error_message"]
 
 
 class Command(NamedTuple):
@@ -34,6 +40,8 @@ COMMANDS: dict[str, object] = {
                     "gspdml eval --checkpoint runs/digits_collage_gsp --split test --json eval.json"),
     "protocol": Command("gspdml.cli.protocol", "run the MLRC 4-fold protocol (128D mean and 512D concatenation)",
                         "gspdml protocol -c cub_ms_gsp --repeats 3 data.root=/data/CUB_200_2011"),
+    "export": Command("gspdml.cli.export", "export a trained model to ONNX or a torch.export .pt2 file, verified",
+                      "gspdml export runs/digits_collage_gsp --format onnx --out model.onnx"),
     "configs": Command("gspdml.cli.configs", "list the configs shipped with gspdml (usable as -c NAME)",
                        "gspdml configs --json"),
     "bench": {
@@ -55,6 +63,10 @@ COMMANDS: dict[str, object] = {
                               "gspdml viz prototypes --checkpoint runs/digits_collage_gsp --split test"),
     },
 }
+
+
+#: option metavars that mark an output path: a folder or a file
+_OUTPUT_METAVARS = ("DIR", "FILE")
 
 
 def _epilog(*examples: str) -> str | None:
@@ -112,7 +124,9 @@ def _add(sub, name: str, spec, chosen: list[str], prefix: str) -> None:
     adder = getattr(module, f"add_arguments_{suffix}" if suffix else "add_arguments")
     runner = getattr(module, f"run_{suffix}" if suffix else "run")
     adder(parser)
-    parser.set_defaults(_run=runner)
+    outputs = [(a.dest, a.metavar, a.option_strings[-1]) for a in parser._actions
+               if a.option_strings and a.metavar in _OUTPUT_METAVARS]
+    parser.set_defaults(_run=runner, _outputs=outputs)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -146,18 +160,52 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return args
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """InputError unless every output path given on the command line (options with metavar ``DIR``
+    or ``FILE``) can be written; see :func:`gspdml.cli.common.check_output_dir`."""
+    from gspdml.cli.common import check_output_dir, check_output_file
+
+    for dest, metavar, option in getattr(args, "_outputs", ()):
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and value:
+            (check_output_dir if metavar == "DIR" else check_output_file)(value, option)
+
+
+def error_message(exc: BaseException) -> str:
+    """The one line printed for a user error: the message of a :class:`~gspdml.errors.GspdmlError`
+    (without the traceback torch's DataLoader adds when it was raised in a worker process), or
+    ``cannot access PATH: REASON`` for an :class:`OSError` about a path."""
+    from gspdml.errors import GspdmlError
+
+    if isinstance(exc, GspdmlError):
+        text = str(exc)
+        if "DataLoader worker" in text:
+            from gspdml.engine.datasets import worker_error_message
+
+            text = worker_error_message(exc)
+        return text
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        if exc.filename is not None:
+            target = repr(exc.filename) + (f" -> {exc.filename2!r}" if exc.filename2 is not None else "")
+            return f"cannot access {target}: {reason}"
+        return f"{reason} (--debug shows where)"
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``gspdml`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     from gspdml.errors import GspdmlError
 
     args = _parse(build_parser(argv), argv)
     try:
+        check_outputs(args)
         return int(args._run(args) or 0)
-    except GspdmlError as exc:
+    except (GspdmlError, OSError) as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"gspdml {args._command}: error: {exc}", file=sys.stderr)
+        print(f"gspdml {args._command}: error: {error_message(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # gspdml.engine.runs.Interrupted carries the exit code and the resume hint
+        print(f"gspdml {args._command}: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))

@@ -33,6 +33,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     common.check_positive("--batch-size", args.batch_size)
     device = common.resolve_device(args.device)
     model, cfg, extra = common.load_checkpoint_for_eval(args)
+    out_dir = common.check_output_dir(common.default_output_dir(extra["path"], args.out), common.out_option(args))
     dataset, split = common.eval_dataset(cfg, args.split)
     name = cfg.data.dataset
     try:
@@ -45,7 +46,6 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
     classes, z_per_class = class_means(outputs["marginals"], outputs["labels"])
     names = common.names_for_labels(dataset, classes)
-    out_dir = common.default_output_dir(extra["path"], args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "checkpoint": extra["path"],

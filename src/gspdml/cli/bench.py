@@ -48,8 +48,15 @@ def add_arguments_gsp(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench_results/gsp.json", metavar="FILE", help="JSON output path")
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep glibc's default malloc thresholds (see benchmarks/README.md)")
+    parser.add_argument("--layouts", nargs="+", default=["tokens", "maps"], metavar="LAYOUT",
+                        choices=["tokens", "maps", "channels_last"],
+                        help="feature layouts to time: tokens (B, N, C), maps (NCHW), channels_last "
+                             "(default: tokens maps)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="features in float32, or bfloat16 under autocast (the solver runs in float32)")
     parser.add_argument("--check", action="store_true",
-                        help="exit with status 1 unless exact <= 1.3x floor and exact < fixed_point everywhere")
+                        help="exit with status 1 unless every target is met (exact <= 1.3x floor, exact < "
+                             "fixed_point, also through partial_transport, maps <= 1.1x tokens)")
     common.add_progress_argument(parser)
 
 
@@ -59,7 +66,8 @@ def run_gsp(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
     _set_threads(args.threads)
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 15)
-    result = bench_gsp(device, repeats=repeats, tune_malloc=not args.system_malloc, progress=not args.no_progress)
+    result = bench_gsp(device, repeats=repeats, tune_malloc=not args.system_malloc, progress=not args.no_progress,
+                       layouts=args.layouts, precision=args.precision)
     print(report(result))
     _write_json(args.out, result)
     return 1 if args.check and not all(result["targets_met"].values()) else 0
@@ -68,15 +76,20 @@ def run_gsp(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------- train
 def add_arguments_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbones", nargs="+", default=["bninception", "resnet50"])
-    parser.add_argument("--poolings", nargs="+", default=["gap", "gsp"], help="first one is the reference")
+    parser.add_argument("--poolings", nargs="+", default=["gap", "gsp"],
+                        help="gap, gsp and/or gsp+zs (GSP with L_ZS); the first one is the reference")
     parser.add_argument("--image-size", type=int, default=227)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per pooling (median reported)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per setup (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     common.add_device_argument(parser)
-    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision on CUDA")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="autocast dtype: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16 (CUDA only)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time a torch.compile-d copy of every model, alternated with the eager one")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     parser.add_argument("--loss", default="MS")
-    parser.add_argument("--zero-shot", action="store_true", help="add L_ZS to the GSP model's step")
+    parser.add_argument("--zero-shot", action="store_true", help="add L_ZS to the GSP model's step (see gsp+zs)")
     _add_threads_argument(parser, "torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="tiny version: 64 px, batch 8, 2 steps")
     parser.add_argument("--json", metavar="FILE", help="write the rows as JSON")
@@ -85,15 +98,19 @@ def add_arguments_train(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from gspdml.bench.train import bench_train, report
+    from gspdml.errors import ConfigError
 
     device = common.resolve_device(args.device)
     _set_threads(args.threads)
     size, batch, steps, warmup = args.image_size, args.batch_size, args.steps, args.warmup
     if args.quick:
         size, batch, steps, warmup = 64, 8, 2, 1
-    amp = {"auto": None, "on": True, "off": False}[args.amp]
-    rows = bench_train(tuple(args.backbones), tuple(args.poolings), size, batch, steps, warmup, device, amp,
-                       args.loss, args.zero_shot, progress=not args.no_progress)
+    try:
+        rows = bench_train(tuple(args.backbones), tuple(args.poolings), size, batch, steps, warmup, device,
+                           args.precision, args.loss, args.zero_shot, progress=not args.no_progress,
+                           compile=args.compile, compile_backend=args.compile_backend)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("train.precision", "--precision")) from None
     print(report(rows, args.loss))
     if args.json:
         _write_json(args.json, rows)

@@ -4,10 +4,14 @@ Arguments: checkpoint (``--checkpoint``), dataset (``--dataset --root --split --
 (``--device``), batch size, output folder (``--out``), progress (``--no-progress``), config and
 ``KEY=VALUE`` overrides (``--config/-c``). Resolution: the device, a checkpoint's model with the
 evaluated dataset's config, the evaluation dataset, the default output folder, readable class names.
+Output checks (:func:`check_output_dir`, :func:`check_output_file`): an output path that cannot be
+written is an :class:`~gspdml.errors.InputError` before any work starts.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +33,12 @@ __all__ = [
     "eval_dataset",
     "display_normalization",
     "default_output_dir",
+    "out_option",
     "class_names_of",
     "names_for_labels",
     "check_positive",
+    "check_output_dir",
+    "check_output_file",
 ]
 
 
@@ -39,6 +46,14 @@ __all__ = [
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="RUN_OR_CKPT",
                         help="a run folder (uses checkpoints/best.pt, else last.pt) or a checkpoint .pt file")
+    add_trust_argument(parser, "the checkpoint")
+
+
+def add_trust_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--trust-checkpoint``: the one, explicit opt-in to unsafe (full pickle) checkpoint loading."""
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help=f"read {what} with full unpickling (torch weights_only=False); only for a file you "
+                             "trust that holds more than tensors (it can run code)")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,7 +159,7 @@ def load_checkpoint_for_eval(args: argparse.Namespace):
     dataset arguments (``--dataset --root --option``) applied."""
     from gspdml.engine.checkpoint import load_model_from_checkpoint
 
-    model, cfg, extra = load_model_from_checkpoint(args.checkpoint)
+    model, cfg, extra = load_model_from_checkpoint(args.checkpoint, trust=getattr(args, "trust_checkpoint", False))
     return model, eval_config(cfg, args.dataset, args.root, args.option), extra
 
 
@@ -160,6 +175,11 @@ def eval_dataset(cfg, split: str | None):
 def display_normalization(cfg) -> str:
     """The normalisation to undo when showing the model's input images."""
     return "none" if str(cfg.data.transform).lower() == "none" else cfg.data.normalization
+
+
+def out_option(args: argparse.Namespace) -> str:
+    """How an output folder was chosen, for messages: ``--out`` or the default one."""
+    return "--out" if getattr(args, "out", None) else "the default <run folder>/analysis; choose one with --out"
 
 
 def default_output_dir(checkpoint_path: str | Path, out: str | None) -> Path:
@@ -193,3 +213,63 @@ def names_for_labels(dataset, labels) -> list[str]:
         names = class_names_of(dataset, num)
         return [names[c] for c in labels]
     return [f"class {c}" for c in labels]
+
+
+# ------------------------------------------------------------------------------------ output checks
+def _cannot_write(path, option: str | None, reason: str) -> InputError:
+    where = f" ({option})" if option else ""
+    return InputError(f"cannot write {os.fspath(path)!r}{where}: {reason}")
+
+
+def _probe_folder(folder: Path, path, option: str | None) -> None:
+    """Create and remove a temporary file in the existing folder ``folder`` (the one reliable test
+    of writability: permissions, read-only file systems, root's privileges)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gspdml-write-test-", dir=folder)
+    except OSError as exc:
+        raise _cannot_write(path, option, f"{exc.strerror or exc} ({str(folder)!r})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _existing_ancestor(path: Path, target, option: str | None) -> Path:
+    """The nearest existing folder above ``path`` (``path`` itself excluded); InputError when an
+    ancestor is a file."""
+    parent = path.parent if str(path.parent) else Path(".")
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise _cannot_write(target, option, f"{str(parent)!r} is a file, not a folder")
+    return parent
+
+
+def check_output_dir(path, option: str | None = "--out") -> Path:
+    """``path`` as a Path if it is (or can be created as) a writable folder; else InputError
+    ``cannot write PATH (OPTION): REASON`` (a file, a file above it, a read-only folder). Creates
+    nothing."""
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if p.exists():
+        if not p.is_dir():
+            raise _cannot_write(path, option, "it is a file, not a folder")
+        _probe_folder(p, path, option)
+        return p
+    _probe_folder(_existing_ancestor(p, path, option), path, option)
+    return p
+
+
+def check_output_file(path, option: str | None = "--json") -> Path:
+    """``path`` as a Path if a file can be written there (written atomically: a temporary file in
+    its folder, then renamed); else InputError ``cannot write PATH (OPTION): REASON``. Creates nothing."""
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if p.is_dir():
+        raise _cannot_write(path, option, "it is a folder, not a file")
+    folder = p.parent if str(p.parent) else Path(".")
+    if folder.exists():
+        if not folder.is_dir():
+            raise _cannot_write(path, option, f"{str(folder)!r} is a file, not a folder")
+        _probe_folder(folder, path, option)
+    else:
+        _probe_folder(_existing_ancestor(folder, path, option), path, option)
+    return p

@@ -1,4 +1,8 @@
-"""``gspdml eval``: retrieval metrics of a trained checkpoint on a dataset split."""
+"""``gspdml eval``: retrieval metrics of a trained checkpoint on a dataset split.
+
+The checkpoint is read safely (tensors and plain values only; ``--trust-checkpoint`` opts into
+full unpickling for a trusted file). A checkpoint with NaN/inf weights, or a model whose embeddings
+are all identical or of zero norm, is refused instead of reporting chance-level metrics."""
 from __future__ import annotations
 
 import argparse
@@ -22,14 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_checkpoint(checkpoint, dataset=None, root=None, split=None, gallery_split=None, options=(),
-                        batch_size=None, device="auto", num_workers=None, progress=True) -> dict:
-    """Load a checkpoint, build the split(s) with the eval transform and return the metrics."""
+                        batch_size=None, device="auto", num_workers=None, progress=True, trust=False) -> dict:
+    """Load a checkpoint, build the split(s) with the eval transform and return the metrics
+    (InputError for degenerate embeddings, CheckpointError for non-finite weights)."""
     from gspdml.engine.checkpoint import load_model_from_checkpoint
     from gspdml.engine.evaluate import evaluate_model
 
     dev = common.resolve_device(device)
     common.check_positive("--batch-size", batch_size)
-    model, cfg, extra = load_model_from_checkpoint(checkpoint)
+    model, cfg, extra = load_model_from_checkpoint(checkpoint, trust=trust)
     cfg = common.eval_config(cfg, dataset, root, options)
     query, split = common.eval_dataset(cfg, split)
     if gallery_split is None and split == cfg.data.test_split:
@@ -37,7 +42,9 @@ def evaluate_checkpoint(checkpoint, dataset=None, root=None, split=None, gallery
     gallery = common.eval_dataset(cfg, gallery_split)[0] if gallery_split else None
     metrics = evaluate_model(
         model, query, gallery, batch_size=batch_size or cfg.eval.batch_size, recall_ks=cfg.eval.recall_ks,
+        extra_metrics=cfg.eval.metrics,
         device=dev, progress=progress, num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+        refuse_collapsed=True,
     )
     return {"checkpoint": extra["path"], "dataset": cfg.data.dataset, "split": split,
             "gallery_split": gallery_split, "metrics": metrics}
@@ -47,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     out = evaluate_checkpoint(
         args.checkpoint, args.dataset, args.root, args.split, args.gallery_split, args.option,
         args.batch_size, args.device, args.num_workers, progress=not args.no_progress,
+        trust=getattr(args, "trust_checkpoint", False),
     )
     where = out["split"] + (f" vs {out['gallery_split']}" if out["gallery_split"] else " (self-retrieval)")
     print(f"{out['dataset']} {where}  [{out['checkpoint']}]")

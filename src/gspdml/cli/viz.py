@@ -65,6 +65,7 @@ def run_weights(args: argparse.Namespace) -> int:
     common.check_positive("--batch-size", args.batch_size)
     device = common.resolve_device(args.device)
     model, cfg, extra = common.load_checkpoint_for_eval(args)
+    out_dir = common.check_output_dir(common.default_output_dir(extra["path"], args.out), common.out_option(args))
     check_image_model(model, "gspdml viz weights")
     if args.images:
         xs = _load_image_files(args.images, cfg, model)
@@ -93,8 +94,8 @@ def run_weights(args: argparse.Namespace) -> int:
             print("note: the GSP prototypes are not initialised yet (k-center pending); the weights are uniform")
         dominant = nearest_prototypes(features, gsp.prototypes)
         num_prototypes = int(gsp.prototypes.shape[0])
-    out_dir = common.default_output_dir(extra["path"], args.out)
     file_name = args.name or f"weights_{source}{'_prototypes' if args.by_prototype else ''}.png"
+    common.check_output_file(out_dir / file_name, "--name" if args.name else "--out")
     path = plot_weight_maps(
         images, weights, out_dir / file_name, titles=titles, dominant=dominant,
         num_prototypes=num_prototypes, ncols=args.ncols, title=f"pooling weights ({cfg.model.pooling})",
@@ -117,6 +118,7 @@ def run_prototypes(args: argparse.Namespace) -> int:
     common.check_positive("--batch-size", args.batch_size)
     device = common.resolve_device(args.device)
     model, cfg, extra = common.load_checkpoint_for_eval(args)
+    out_dir = common.check_output_dir(common.default_output_dir(extra["path"], args.out), common.out_option(args))
     dataset, split = common.eval_dataset(cfg, args.split)
     name = cfg.data.dataset
     outputs = collect_model_outputs(
@@ -124,7 +126,6 @@ def run_prototypes(args: argparse.Namespace) -> int:
         keep=("marginals",), progress=not args.no_progress,
     )
     classes, z_per_class = class_means(outputs["marginals"], outputs["labels"])
-    out_dir = common.default_output_dir(extra["path"], args.out)
     path = plot_prototype_histograms(
         z_per_class, out_dir / f"prototypes_{name}_{split}.png",
         class_names=common.names_for_labels(dataset, classes),

@@ -7,9 +7,10 @@
 label mapping (``query_mask``/``gallery_mask`` mark them on the combined ``test`` split).
 
 :class:`ImageListDataset` reads images lazily (PIL opens the file in ``__getitem__``), so
-construction only parses metadata; ``verify=True`` checks that every file exists and
-``skip_corrupt=True`` additionally decodes every image once and leaves the unreadable ones out,
-reporting how many (never silently).
+construction only parses metadata; ``verify=True`` checks that every file exists and decodes
+(a DataError listing the first bad files and how many; with ``verify_cache`` the good ones are
+cached, so the next verification only decodes new or changed files) and ``skip_corrupt=True`` decodes every image
+once and leaves the unreadable ones out, reporting how many (never silently).
 """
 from __future__ import annotations
 
@@ -21,7 +22,14 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from gspdml.errors import DataError, InputError, unknown_choice
-from gspdml.data.images import check_files_exist, find_unreadable, load_image, report_skipped
+from gspdml.data.images import (
+    VerifyCache,
+    check_files_exist,
+    find_unreadable,
+    load_image,
+    report_skipped,
+    unreadable_error,
+)
 
 
 def check_split(dataset: str, split: str, choices: Sequence[str]) -> str:
@@ -139,9 +147,14 @@ class ImageListDataset(LabeledDataset):
         classes: ordered list of class ids defining the mapping to ``0..C-1`` (default: sorted ids).
         class_names: ``{class id: name}`` (default: ``str(class id)``).
         name, split: used in messages and ``repr``.
-        verify: check at construction that every listed file exists (DataError listing missing ones).
+        verify: check at construction that every listed file exists and decodes (DataError listing
+            the first missing or undecodable ones and how many); images found good are cached
+            (:class:`gspdml.data.images.VerifyCache`), so the next verification is fast.
         skip_corrupt: decode every image at construction and leave unreadable ones out, reporting the
             count with a SkippedImagesWarning (missing files are still an error: the metadata is wrong).
+        verify_cache: the folder of the verification cache file (the dataset's metadata folder;
+            the user cache folder when it is not writable); None: no cache, every verification
+            decodes every image.
         query_mask, gallery_mask: optional boolean masks (e.g. In-shop's combined test split).
         progress: tqdm progress for ``skip_corrupt`` (None: only on a terminal).
     """
@@ -161,6 +174,7 @@ class ImageListDataset(LabeledDataset):
         query_mask: np.ndarray | None = None,
         gallery_mask: np.ndarray | None = None,
         progress: bool | None = None,
+        verify_cache: str | os.PathLike | None = None,
     ) -> None:
         paths = [os.fspath(p) for p in paths]
         raw_labels = list(raw_labels)
@@ -172,8 +186,10 @@ class ImageListDataset(LabeledDataset):
         where = f"dataset {name!r} (split {split!r})"
         if verify or skip_corrupt:
             check_files_exist(paths, where)
-        if skip_corrupt:
-            bad = find_unreadable(paths, progress=progress, desc=f"checking {name} {split}")
+            cache = VerifyCache(verify_cache) if verify_cache is not None else None
+            bad = find_unreadable(paths, progress=progress, desc=f"checking {name} {split}", cache=cache)
+            if bad and not skip_corrupt:
+                raise unreadable_error(bad, len(paths), where)
             if bad:
                 keep = np.ones(len(paths), dtype=bool)
                 keep[[i for i, _, _ in bad]] = False

@@ -5,6 +5,9 @@
 * ``kind="mlrc"`` — train: ``RandomResizedCrop(227, scale=(0.16, 1), ratio=(0.75, 1.33))`` +
   horizontal flip; eval: ``Resize(256)`` + ``CenterCrop(227)`` (``image_size``/``resize_size``
   change 227/256; ``resize_size`` defaults to ``round(image_size * 256 / 227)``).
+* ``kind="imagenet"`` — torchvision's ImageNet recipe (the NIR authors' ``base`` augmentation):
+  train: ``RandomResizedCrop(224)`` (scale (0.08, 1)) + flip; eval: ``Resize(256)`` +
+  ``CenterCrop(224)`` (``resize_size`` defaults to ``round(image_size * 256 / 224)``).
 * ``kind="small"`` — for 32-128 px collages and digit images: train: random translation by up to
   1/16 of the size (optionally + flip, off by default since digits are not mirror-symmetric);
   eval: no change (``image_size`` resizes in both).
@@ -23,7 +26,10 @@ from torchvision.transforms import v2
 
 from gspdml.errors import unknown_choice
 
-KINDS = ("mlrc", "small", "none")
+KINDS = ("mlrc", "imagenet", "small", "none")
+#: evaluation resize / crop of the crop-based kinds (the eval resize is ``round(crop * ratio)``)
+CROP_KINDS = {"mlrc": {"crop": 227, "ratio": 256 / 227, "scale": (0.16, 1.0), "ratio_range": (0.75, 1.33)},
+              "imagenet": {"crop": 224, "ratio": 256 / 224, "scale": (0.08, 1.0), "ratio_range": (3 / 4, 4 / 3)}}
 NORMALIZATIONS = {
     "bninception": {"mean": (104.0, 117.0, 128.0), "std": (1.0, 1.0, 1.0), "bgr": True, "scale": 255.0},
     "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "bgr": False, "scale": 1.0},
@@ -36,6 +42,11 @@ class ToBGR255(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flip(-3) * 255.0
+
+
+def eval_resize_size(kind: str, image_size: int, resize_size: int | None = None) -> int:
+    """The shorter-side resize before the evaluation centre crop of a crop-based ``kind``."""
+    return int(resize_size or round(int(image_size) * CROP_KINDS[kind]["ratio"]))
 
 
 def normalization_transforms(normalization: str) -> list[nn.Module]:
@@ -66,15 +77,15 @@ def build_transform(kind: str = "mlrc", train: bool = True, normalization: str =
     if kind not in KINDS:
         raise unknown_choice("transform kind", kind, KINDS)
     head: list[nn.Module] = [v2.ToImage()]
-    if kind == "mlrc":
-        size = int(image_size or 227)
+    if kind in CROP_KINDS:
+        spec = CROP_KINDS[kind]
+        size = int(image_size or spec["crop"])
         if train:
-            head += [v2.RandomResizedCrop(size, scale=(0.16, 1.0), ratio=(0.75, 1.33), antialias=True)]
+            head += [v2.RandomResizedCrop(size, scale=spec["scale"], ratio=spec["ratio_range"], antialias=True)]
             if flip is None or flip:
                 head.append(v2.RandomHorizontalFlip())
         else:
-            resize = int(resize_size or round(size * 256 / 227))
-            head += [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
+            head += [v2.Resize(eval_resize_size(kind, size, resize_size), antialias=True), v2.CenterCrop(size)]
     elif kind == "small":
         if image_size:
             head.append(v2.Resize((int(image_size), int(image_size)), antialias=True))

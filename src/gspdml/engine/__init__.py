@@ -12,6 +12,11 @@ _EXPORTS = {
     'run_protocol': 'gspdml.engine.protocol',
     'ProtocolResult': 'gspdml.engine.protocol',
     'load_model_from_checkpoint': 'gspdml.engine.checkpoint',
+    'check_not_collapsed': 'gspdml.engine.evaluate',
+    'Interrupted': 'gspdml.engine.runs',
+    'TrainingDiverged': 'gspdml.engine.runs',
+    'RunFolderLocked': 'gspdml.engine.runs',
+    'RunLock': 'gspdml.engine.runs',
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,18 +1,23 @@
 """Dataset preparation for a run: the splits of ``cfg.data`` with their transforms, the MLRC fold
-split (:func:`gspdml.data.split_train_val`) and the class-balanced batch sampler."""
+split (:func:`gspdml.data.split_train_val`) and the class-balanced batch sampler.
+
+Runs that cannot learn are refused here, before training (:func:`gspdml.config.check_learnable`):
+from the config alone when the datasets are built, with the training set's class count when the
+sampler is built. :func:`worker_error_message` recovers the one-line message of a gspdml error
+raised inside a DataLoader worker process."""
 from __future__ import annotations
 
 from typing import Mapping
 
 from torch.utils.data import Dataset
 
-from gspdml.config import TrainConfig
+from gspdml.config import TrainConfig, check_learnable
 from gspdml.data.samplers import ClassBalancedBatchSampler
 from gspdml.data.splits import split_train_val
 from gspdml.engine.distributed import DistContext
-from gspdml.errors import ConfigError, InputError
+from gspdml.errors import ConfigError, GspdmlError, InputError
 
-__all__ = ["transform_for", "make_split", "build_datasets", "build_sampler"]
+__all__ = ["transform_for", "make_split", "build_datasets", "build_sampler", "worker_error_message"]
 
 
 def transform_for(cfg: TrainConfig, train: bool):
@@ -43,6 +48,7 @@ def build_datasets(cfg: TrainConfig, given: Mapping[str, Dataset | None] | None 
     With a ``train`` in ``given`` (not None), only the fold split is done (when ``data.fold`` is set and no
     ``val`` is given), validating on ``given["train_eval"]`` (the same set, eval transform) if any.
     """
+    check_learnable(cfg)  # before any dataset is read or verified
     d = cfg.data
     out = dict(given or {})
     if "train" in out:
@@ -67,12 +73,10 @@ def build_datasets(cfg: TrainConfig, given: Mapping[str, Dataset | None] | None 
 
 def build_sampler(cfg: TrainConfig, train_set, ctx: DistContext) -> ClassBalancedBatchSampler:
     """This rank's class-balanced batches (``data.classes_per_batch`` x ``data.samples_per_class``)
-    over ``train_set`` (labels ``0..C-1``); ConfigError when the set cannot fill one batch."""
+    over ``train_set`` (labels ``0..C-1``); ConfigError when the set cannot fill one batch or the
+    loss cannot learn with its classes (:func:`gspdml.config.check_learnable`)."""
     d = cfg.data
-    if d.classes_per_batch > train_set.num_classes:
-        raise ConfigError(
-            f"data.classes_per_batch={d.classes_per_batch} but the training set has only {train_set.num_classes} classes"
-        )
+    check_learnable(cfg, int(train_set.num_classes))
     sampler = ClassBalancedBatchSampler(
         train_set.labels, classes_per_batch=d.classes_per_batch, samples_per_class=d.samples_per_class,
         seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True,
@@ -83,3 +87,23 @@ def build_sampler(cfg: TrainConfig, train_set, ctx: DistContext) -> ClassBalance
             f"{d.samples_per_class} samples from {len(train_set)} samples of {train_set.num_classes} classes)"
         )
     return sampler
+
+
+_WORKER_MARK = "Original Traceback (most recent call last):"
+
+
+def worker_error_message(exc: BaseException) -> str:
+    """The message of ``exc`` without the worker traceback that torch's DataLoader puts in front
+    of an exception raised in a worker process (``Caught DataError in DataLoader worker process
+    0. Original Traceback ...``): for a :class:`~gspdml.errors.GspdmlError` re-raised from a
+    worker, the original one-line message; otherwise ``str(exc)`` unchanged."""
+    text = str(exc)
+    if not isinstance(exc, GspdmlError) or _WORKER_MARK not in text:
+        return text
+    tail = text.split(_WORKER_MARK, 1)[1]
+    cls = type(exc)
+    for prefix in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
+        at = tail.rfind("\n" + prefix)
+        if at >= 0:
+            return tail[at + 1 + len(prefix):].strip()
+    return text

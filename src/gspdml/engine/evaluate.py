@@ -1,10 +1,11 @@
 """Embedding and evaluation with a model: :func:`embed_dataset` (eval mode, no gradients, tqdm
-progress, sharded over ranks under torchrun), :func:`embed_query_gallery` and
-:func:`evaluate_model`, the one "embed queries (and gallery), then compute the retrieval metrics"
-used by the trainer, the protocol, the demo and ``gspdml eval``."""
+progress, sharded over ranks under torchrun, autocast in a given precision), :func:`embed_query_gallery`
+and :func:`evaluate_model`, the one "embed queries (and gallery), then compute the retrieval metrics"
+used by the trainer, the protocol, the demo and ``gspdml eval``; :func:`check_not_collapsed` refuses
+embeddings that carry no information (all identical, zero norm)."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -14,7 +15,21 @@ from gspdml.engine.distributed import DistContext, all_gather_ordered
 from gspdml.errors import InputError
 from gspdml.evaluation.metrics import compute_retrieval_metrics
 
-__all__ = ["embed_dataset", "EmbeddedSplits", "embed_query_gallery", "evaluate_model"]
+__all__ = ["embed_dataset", "EmbeddedSplits", "embed_query_gallery", "evaluate_model", "check_not_collapsed",
+           "autocast_dtype"]
+
+Precision = Union[str, torch.dtype, None]
+"""``train.precision`` names (``fp32``, ``bf16``, ``fp16``, ``auto``), an autocast dtype, or ``None`` (fp32)."""
+
+
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (``None``: fp32, no autocast); names are
+    resolved with :func:`gspdml.config.resolve_precision` (``fp16`` off CUDA is a ConfigError)."""
+    if precision is None or isinstance(precision, torch.dtype):
+        return None if precision in (None, torch.float32) else precision
+    from gspdml.config import resolve_precision
+
+    return resolve_precision(precision, device.type)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -33,7 +48,7 @@ def embed_dataset(
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "embed",
-    amp: bool = False,
+    precision: Precision = "fp32",
     ctx: DistContext | None = None,
 ):
     """Embed every item of ``dataset`` in order.
@@ -46,7 +61,7 @@ def embed_dataset(
         return_details: also return the pooling details (``weights``, ``marginals``),
             concatenated over the dataset (entries that are ``None`` are left out).
         progress: show a tqdm bar.
-        amp: autocast to float16 on CUDA.
+        precision: autocast precision (see :func:`autocast_dtype`); default fp32.
         ctx: under torchrun, each rank embeds a strided shard and every rank gets the whole
             result in dataset order (no ``return_details`` then).
 
@@ -60,13 +75,14 @@ def embed_dataset(
         total = len(dataset)
         shard = Subset(dataset, list(range(ctx.rank, total, ctx.world_size)))
         emb, labels = embed_dataset(model, shard, batch_size, device, False, num_workers,
-                                    progress and ctx.is_main, desc, amp)
+                                    progress and ctx.is_main, desc, precision)
         return all_gather_ordered(emb, ctx, total), all_gather_ordered(labels, ctx, total)
     if batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size}")
     if len(dataset) == 0:
         raise InputError("cannot embed an empty dataset")
     device = _model_device(model) if device is None else torch.device(device)
+    dtype = autocast_dtype(precision, device)
     model = model.to(device)
     was_training = model.training
     model.eval()
@@ -86,7 +102,7 @@ def embed_dataset(
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
             x, mask, y = split_batch(batch)
             x, mask = move_input(x, mask, device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 if return_details:
                     emb, det = model(x, mask=mask, return_details=True)
                     for key, val in (det or {}).items():
@@ -113,16 +129,17 @@ class EmbeddedSplits(NamedTuple):
     gallery: torch.Tensor | None = None
     gallery_labels: torch.Tensor | None = None
 
-    def metrics(self, recall_ks=(1, 2, 4, 8)) -> dict[str, float]:
-        """The retrieval metrics of the queries against the gallery (or against themselves)."""
+    def metrics(self, recall_ks=(1, 2, 4, 8), extra_metrics=()) -> dict[str, float]:
+        """The retrieval metrics of the queries against the gallery (or against themselves);
+        ``extra_metrics``: ``nmi``, ``map_at_<K>`` (``eval.metrics``)."""
         return compute_retrieval_metrics(self.query, self.query_labels, self.gallery, self.gallery_labels,
-                                         recall_ks=recall_ks)
+                                         recall_ks=recall_ks, extra_metrics=extra_metrics)
 
 
 def embed_query_gallery(model: torch.nn.Module, query: Dataset, gallery: Dataset | None = None, *,
                         desc: str = "eval", **options) -> EmbeddedSplits:
     """Embed ``query`` (and ``gallery``) with ``model``; ``options`` are :func:`embed_dataset`'s
-    (``batch_size``, ``device``, ``progress``, ``num_workers``, ``amp``, ``ctx``)."""
+    (``batch_size``, ``device``, ``progress``, ``num_workers``, ``precision``, ``ctx``)."""
     q, ql = embed_dataset(model, query, desc=f"{desc} query" if gallery is not None else desc, **options)
     if gallery is None:
         return EmbeddedSplits(q, ql)
@@ -136,13 +153,45 @@ def evaluate_model(
     *,
     batch_size: int = 64,
     recall_ks=(1, 2, 4, 8),
+    extra_metrics=(),
     device: torch.device | str | None = None,
     progress: bool = True,
     num_workers: int = 0,
-    amp: bool = False,
+    precision: Precision = "fp32",
     ctx: DistContext | None = None,
     desc: str = "eval",
+    refuse_collapsed: bool = False,
 ) -> dict[str, float]:
-    """Embed ``query`` (and ``gallery``) and return the retrieval metrics (see :class:`EmbeddedSplits`)."""
-    return embed_query_gallery(model, query, gallery, batch_size=batch_size, device=device, progress=progress,
-                               num_workers=num_workers, amp=amp, ctx=ctx, desc=desc).metrics(recall_ks)
+    """Embed ``query`` (and ``gallery``) and return the retrieval metrics (see :class:`EmbeddedSplits`).
+
+    ``precision``: autocast precision (:func:`autocast_dtype`, default fp32). ``refuse_collapsed``:
+    InputError instead of chance-level metrics when the embeddings are degenerate
+    (:func:`check_not_collapsed`; ``gspdml eval`` sets it)."""
+    emb = embed_query_gallery(model, query, gallery, batch_size=batch_size, device=device, progress=progress,
+                              num_workers=num_workers, precision=precision, ctx=ctx, desc=desc)
+    if refuse_collapsed:
+        check_not_collapsed(emb.query, f"{desc} query" if gallery is not None else desc)
+        if emb.gallery is not None:
+            check_not_collapsed(emb.gallery, f"{desc} gallery")
+    return emb.metrics(recall_ks, extra_metrics)
+
+
+def check_not_collapsed(embeddings: torch.Tensor, what: str = "embeddings", tol: float = 1e-6) -> None:
+    """InputError when ``embeddings`` (N, D) carry no information: NaN/inf values, every row of
+    (near) zero norm, or every row identical (within ``tol``) -- the output of a diverged or
+    collapsed model, whose retrieval metrics would be chance level."""
+    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+        raise InputError(f"{what}: expected embeddings of shape (N, D) with N >= 1, got {tuple(embeddings.shape)}")
+    emb = embeddings.detach().float()
+    n = emb.shape[0]
+    if not bool(torch.isfinite(emb).all()):
+        bad = int((~torch.isfinite(emb)).any(1).sum())
+        raise InputError(f"{what}: {bad} of {n} embeddings hold NaN or infinite values; the model is broken "
+                         "(a diverged checkpoint?)")
+    norms = emb.norm(dim=1)
+    if float(norms.max()) <= tol:
+        raise InputError(f"{what}: all {n} embeddings have zero norm; the model's output carries no information "
+                         "(a diverged or collapsed checkpoint?) and its metrics would be chance level")
+    if n > 1 and float((emb - emb[0]).abs().max()) <= tol:
+        raise InputError(f"{what}: all {n} embeddings are identical; the model maps every input to the same point "
+                         "(a diverged or collapsed checkpoint?) and its metrics would be chance level")

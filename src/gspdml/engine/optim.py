@@ -21,7 +21,8 @@ def build_optimizer(cfg: TrainConfig, module: TrainModule) -> torch.optim.Optimi
     The model's parameters follow :meth:`EmbeddingModel.param_groups` (no weight decay on norm
     layers, biases, 1-D parameters and GSP prototypes) when ``optim.no_decay_norm_bias``, else all
     decay. The losses' ``param_groups()`` (proxies, NIR flow, class-embedding table) get
-    ``lr x lr_mult``; the proxies' multiplier is the loss's own ``proxy_lr_mult`` keyword.
+    ``lr x lr_mult``; the proxies' multiplier is the loss's own ``proxy_lr_mult`` keyword. A loss
+    group may set its own ``weight_decay`` (NIR: none on proxies and flow), else ``optim.weight_decay``.
     """
     o = cfg.optim
     groups: list[dict] = []
@@ -36,7 +37,7 @@ def build_optimizer(cfg: TrainConfig, module: TrainModule) -> torch.optim.Optimi
 
     for owner in (module.loss, module.zero_shot):
         for g in (owner.param_groups() if hasattr(owner, "param_groups") else []):
-            add(g.get("name", "loss"), g["params"], float(g.get("lr_mult", 1.0)), o.weight_decay)
+            add(g.get("name", "loss"), g["params"], float(g.get("lr_mult", 1.0)), float(g.get("weight_decay", o.weight_decay)))
     model = module.model
     if o.no_decay_norm_bias and hasattr(model, "param_groups"):
         for g in model.param_groups(o.weight_decay):
@@ -54,9 +55,12 @@ def build_optimizer(cfg: TrainConfig, module: TrainModule) -> torch.optim.Optimi
     raise unknown_choice("optim.name", o.name, OPTIMIZERS)  # pragma: no cover (validated)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    """LambdaLR: linear warm-up over ``optim.warmup_steps``, then constant / cosine / step decay."""
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int = 1):
+    """LambdaLR: linear warm-up over ``optim.warmup_steps``, then constant / cosine / step decay, or
+    ``multistep``: x ``gamma`` at each of ``optim.milestone_epochs`` (epoch e starts at step
+    ``e * steps_per_epoch``)."""
     o = cfg.optim
+    milestones = [int(e) * max(int(steps_per_epoch), 1) for e in o.milestone_epochs]
     kind = o.scheduler.lower()
     warm = o.warmup_steps
     total = max(int(total_steps), 1)
@@ -69,6 +73,8 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_st
             return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
         if kind == "step":
             return o.gamma ** (max(step - warm, 0) // o.step_size)
+        if kind == "multistep":
+            return o.gamma ** sum(step >= m for m in milestones)
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -106,14 +106,14 @@ def run_protocol(
             emb = embed_query_gallery(res.model, test_ds, gallery_ds, batch_size=cfg.eval.batch_size,
                                       device=next(res.model.parameters()).device, progress=progress,
                                       num_workers=cfg.data.num_workers, desc=f"test r{r} f{k}")
-            fold_rows.append(emb.metrics(cfg.eval.recall_ks))
+            fold_rows.append(emb.metrics(cfg.eval.recall_ks, cfg.eval.metrics))
             embs.append(emb)
             dirs.append(res.run_dir)
         avg = {key: float(np.mean([row[key] for row in fold_rows])) for key in fold_rows[0]}
         cat = EmbeddedSplits(
             concat_embeddings([e.query for e in embs]), embs[0].query_labels,
             None if gallery_ds is None else concat_embeddings([e.gallery for e in embs]), embs[0].gallery_labels,
-        ).metrics(cfg.eval.recall_ks)
+        ).metrics(cfg.eval.recall_ks, cfg.eval.metrics)
         per_fold.append(fold_rows)
         dim128.append(avg)
         dim512.append(cat)

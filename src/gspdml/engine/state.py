@@ -1,6 +1,7 @@
 """What a run trains and where it stands: :class:`TrainModule` (model + losses as one module) and
-:class:`TrainState` (module, optimiser, scheduler, AMP scaler, sampler, counters, history, best
-score, patience, RNG), whose :meth:`~TrainState.state_dict` is the checkpoint dict.
+:class:`TrainState` (module, optimiser, scheduler, precision and fp16 loss scaler, sampler,
+counters, history, best score, patience, the divergence reference, RNG), whose
+:meth:`~TrainState.state_dict` is the checkpoint dict.
 
 A checkpoint (see :mod:`gspdml.engine.checkpoint` for the file format) holds::
 
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gspdml.config import TrainConfig, to_dict
+from gspdml.config import TrainConfig, resolve_precision, to_dict
 from gspdml.engine.checkpoint import capture_rng_state, restore_rng_state
 from gspdml.engine.distributed import DistContext
 from gspdml.engine.optim import build_optimizer, build_scheduler
@@ -70,6 +71,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
+    """Loss scaling; enabled only for float16 autocast on CUDA."""
     sampler: Any
     """The class-balanced batch sampler (its position within the epoch is saved)."""
     class_ids: list
@@ -88,11 +90,18 @@ class TrainState:
     stopped_early: bool = False
     best_weights: dict | None = None
     """CPU copy of the model's state dict at the best validation."""
+    autocast_dtype: torch.dtype | None = None
+    """The autocast dtype of ``train.precision`` on this device (``None``: fp32, no autocast)."""
+    loss_reference: float | None = None
+    """The run's first training loss (``train.divergence_factor`` compares against it)."""
+    frozen: list = field(default_factory=list)
+    """Backbone parameters whose ``requires_grad`` is off for ``train.freeze_backbone_epochs``."""
 
     @classmethod
     def create(cls, cfg: TrainConfig, train_set, sampler, total_steps: int, ctx: DistContext) -> TrainState:
-        """Build the model, the losses, the optimiser, the schedule and the AMP scaler for ``cfg``
-        on ``ctx.device``; ``train_set`` has labels ``0..C-1`` and ``classes`` (original labels)."""
+        """Build the model, the losses, the optimiser, the schedule and the precision (autocast
+        dtype of ``train.precision``, a GradScaler for float16) for ``cfg`` on ``ctx.device``;
+        ``train_set`` has labels ``0..C-1`` and ``classes`` (original labels)."""
         from gspdml.losses import ZeroShotLoss, build_loss
         from gspdml.models import build_model
 
@@ -103,19 +112,41 @@ class TrainState:
         zs = ZeroShotLoss(num_classes, cfg.model.local_dim, ridge=z.ridge, scale=z.scale) if z.enabled else None
         module = TrainModule(model, loss, zs, z.weight).to(ctx.device)
         optimizer = build_optimizer(cfg, module)
-        scheduler = build_scheduler(cfg, optimizer, total_steps)
-        amp = cfg.train.amp if cfg.train.amp is not None else ctx.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=amp and ctx.device.type == "cuda")
-        return cls(to_dict(cfg), module, optimizer, scheduler, scaler, sampler, list(train_set.classes), ctx)
+        scheduler = build_scheduler(cfg, optimizer, total_steps, len(sampler))
+        dtype = resolve_precision(cfg.train.precision, ctx.device.type)
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and ctx.device.type == "cuda")
+        class_ids = [c.item() if hasattr(c, "item") else c for c in train_set.classes]
+        return cls(to_dict(cfg), module, optimizer, scheduler, scaler, sampler, class_ids, ctx, autocast_dtype=dtype)
 
     @property
     def model(self) -> nn.Module:
         return self.module.model
 
     @property
-    def amp(self) -> bool:
-        """Mixed precision (float16 autocast + loss scaling) is on."""
-        return self.scaler.is_enabled()
+    def backbone_frozen(self) -> bool:
+        return bool(self.frozen)
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        """Turn the backbone's updates off (``requires_grad_(False)`` on its trainable parameters,
+        BatchNorm statistics kept by :meth:`train_mode`) or back on (the same parameters only)."""
+        if frozen and not self.frozen:
+            backbone = getattr(self.model, "backbone", None)
+            if backbone is None:
+                raise ConfigError("train.freeze_backbone_epochs needs a model with a backbone (model.backbone)")
+            self.frozen = [p for p in backbone.parameters() if p.requires_grad]
+            for p in self.frozen:
+                p.requires_grad_(False)
+                p.grad = None
+        elif not frozen and self.frozen:
+            for p in self.frozen:
+                p.requires_grad_(True)
+            self.frozen = []
+
+    def train_mode(self) -> None:
+        """Training mode for the module; a frozen backbone stays in eval mode (no BatchNorm updates)."""
+        self.module.train()
+        if self.frozen:
+            self.model.backbone.eval()
 
     def update_best(self, metrics: dict) -> bool:
         """Count a validation: a better MAP@R than the best so far becomes the best (metrics at this
@@ -146,17 +177,19 @@ class TrainState:
         if best:
             return head
         rng = capture_rng_state()
+        scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
         return {
             **head,
             "batch_in_epoch": self.batch_in_epoch,
             "loss": self.module.loss.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.amp else None,
+            "scaler": scaler,
             "sampler": self.sampler.state_dict(consumed=self.batch_in_epoch),
             "rng": self.ctx.all_gather_object(rng) if self.ctx.enabled else rng,
             "trainer": {"history": self.history, "best": self.best, "best_score": self.best_score,
-                        "bad_evals": self.bad_evals, "stopped_early": self.stopped_early},
+                        "bad_evals": self.bad_evals, "stopped_early": self.stopped_early,
+                        "loss_reference": self.loss_reference},
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -173,16 +206,20 @@ class TrainState:
                     raise CheckpointError("the checkpoint was trained without L_ZS but loss.zero_shot.enabled is true")
                 zs.load_state_dict(ckpt["zero_shot"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(ckpt["scaler"])
+            if ckpt.get("sampler") is not None:
+                self.sampler.load_state_dict(ckpt["sampler"])
+            self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+            tr = ckpt["trainer"]
+            self.history, self.best, self.best_score, self.bad_evals = tr["history"], tr["best"], tr["best_score"], tr["bad_evals"]
+            self.stopped_early = tr.get("stopped_early", False)
+            first = next((r["loss"] for r in self.history if "loss" in r), None)  # older checkpoints
+            self.loss_reference = tr.get("loss_reference", first)
+            rng = ckpt["rng"]
+            restore_rng_state(rng[self.ctx.rank] if isinstance(rng, list) else rng)
+        except CheckpointError as exc:
+            raise CheckpointError(f"cannot resume from {where!r}: {exc}") from None
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise CheckpointError(f"cannot resume from {where!r}: it does not match this config ({exc})") from None
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if ckpt.get("sampler") is not None:
-            self.sampler.load_state_dict(ckpt["sampler"])
-        self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        tr = ckpt["trainer"]
-        self.history, self.best, self.best_score, self.bad_evals = tr["history"], tr["best"], tr["best_score"], tr["bad_evals"]
-        self.stopped_early = tr.get("stopped_early", False)
-        rng = ckpt["rng"]
-        restore_rng_state(rng[self.ctx.rank] if isinstance(rng, list) else rng)

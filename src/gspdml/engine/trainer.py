@@ -4,21 +4,38 @@ resume, loop over epochs, final test), :func:`train_one_epoch` and :func:`valida
 ``train(cfg) -> RunResult`` trains one embedding model from a :class:`~gspdml.config.TrainConfig`:
 class-balanced batches (one sampler per rank under torchrun), the optimiser and schedule of
 :mod:`gspdml.engine.optim`, total loss ``(1 - lambda) L_DML + lambda L_ZS`` when
-``loss.zero_shot.enabled``, CUDA AMP, optional gradient clipping; validation MAP@R on the held-out
-MLRC fold (``data.fold``) or ``data.val_split``, early stopping (``train.patience``), best weights
-kept; atomic checkpoints (``checkpoints/last.pt`` every ``train.checkpoint_every_steps`` and at the
-end, ``checkpoints/best.pt`` at each new best; the dict is
+``loss.zero_shot.enabled``, autocast in ``train.precision`` (fp16 loss scaling on CUDA), optional
+gradient clipping, a frozen backbone for ``train.freeze_backbone_epochs``; validation MAP@R on the
+held-out MLRC fold (``data.fold``) or ``data.val_split``, early stopping (``train.patience``), best
+weights kept; atomic checkpoints (``checkpoints/last.pt`` every ``train.checkpoint_every_steps``,
+at the end and on SIGINT/SIGTERM; ``checkpoints/best.pt`` at each new best; the dict is
 :meth:`gspdml.engine.state.TrainState.state_dict`) and exact resume; a run folder
 (:mod:`gspdml.engine.runs`) unless ``output_dir`` is null. ``train(cfg, progress=False)`` with
 ``output_dir: null`` writes nothing and returns the model in memory; datasets may be passed
 directly (``datasets={"train": ds, "val": ds, "test": ds}``).
+
+Order of a run: resolve and lock the folder of a resume, read its checkpoint, build the datasets,
+the sampler, the model, losses, optimiser and schedule and load the checkpoint into them; only then
+is the run folder created / touched (:meth:`gspdml.engine.runs.RunFolder.open`), so an invalid run
+writes nothing and a failed resume leaves its folder as it was. A failure after that point is also
+written to ``log.txt``.
+
+Stops: SIGINT/SIGTERM finish the current step, write ``last.pt`` and raise
+:class:`~gspdml.engine.runs.Interrupted` (exit code 130/143 on the command line). A non-finite
+loss, a loss above ``train.divergence_factor`` x the first one, a gradient norm that is non-finite
+or above ``train.max_grad_norm``, or a non-finite state about to be checkpointed raise
+:class:`~gspdml.engine.runs.TrainingDiverged` naming the step and the last good checkpoint, which
+is never overwritten with the bad state.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +48,15 @@ from torch.utils.data import DataLoader, Dataset
 from gspdml.config import TrainConfig, config_from_dict
 from gspdml.data.splits import relabeled
 from gspdml.data.batches import move_input, split_batch
-from gspdml.engine.checkpoint import load_checkpoint, load_resume_checkpoint, save_checkpoint, seed_everything
-from gspdml.engine.datasets import build_datasets, build_sampler
+from gspdml.engine.checkpoint import (find_non_finite, load_checkpoint, load_resume_checkpoint, resolve_checkpoint,
+                                      run_dir_of, save_checkpoint, seed_everything)
+from gspdml.engine.datasets import build_datasets, build_sampler, worker_error_message
 from gspdml.engine.distributed import DistContext, cleanup, init_from_env
 from gspdml.engine.evaluate import evaluate_model
-from gspdml.engine.runs import LOGGER_NAME, RunFolder, RunResult, new_run_dir
+from gspdml.engine.runs import (LOGGER_NAME, Interrupted, RunFolder, RunLock, RunResult, TrainingDiverged, new_run_dir,
+                                resume_command)
 from gspdml.engine.state import TrainState
-from gspdml.errors import InputError
+from gspdml.errors import CheckpointError, GspdmlError, InputError
 
 __all__ = ["train", "train_one_epoch", "validate"]
 
@@ -47,6 +66,39 @@ logger = logging.getLogger(LOGGER_NAME)
 def _window() -> dict:
     """Loss sums and image count since the last logged row."""
     return {"loss": 0.0, "loss_dml": 0.0, "loss_zs": 0.0, "n": 0, "images": 0, "t0": time.perf_counter()}
+
+
+class _StopSignal:
+    """SIGINT / SIGTERM while the loop runs: remember the signal, stop after the current step.
+    A second signal stops at once (KeyboardInterrupt). Installed only from the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process (which finishes the step and
+    shuts them down); a terminal's Ctrl-C reaches the whole process group."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @dataclass
@@ -65,22 +117,67 @@ class _Run:
     callback: Callable[[dict], bool | None] | None
     max_steps: float
     bar: Any
+    stop: _StopSignal = field(default_factory=_StopSignal)
+    last_good: tuple[Path, int] | None = None
+    """The last ``last.pt`` known to be good and its step (written here, or resumed from)."""
     window: dict = field(default_factory=_window)
 
     def evaluate(self, state: TrainState, query: Dataset, gallery: Dataset | None, desc: str) -> dict:
         c = self.cfg
         return evaluate_model(state.model, query, gallery, batch_size=c.eval.batch_size, recall_ks=c.eval.recall_ks,
+                              extra_metrics=c.eval.metrics,
                               device=self.ctx.device, progress=self.progress, num_workers=c.data.num_workers,
-                              amp=state.amp, ctx=self.ctx, desc=desc)
+                              precision=state.autocast_dtype, ctx=self.ctx, desc=desc)
 
-    def save(self, state: TrainState, best: bool = False) -> None:
-        """Write ``last.pt`` (every rank must call: the RNG states are gathered) or ``best.pt``."""
+    def save(self, state: TrainState, best: bool = False) -> Path | None:
+        """Write ``last.pt`` (every rank must call: the RNG states are gathered) or ``best.pt``;
+        returns the file written (``None`` when this run writes no checkpoint). A state with a
+        NaN or infinite tensor is never written: TrainingDiverged."""
         writes = self.ctx.is_main and self.cfg.train.save_checkpoints and self.folder.checkpoints is not None
         if best and not writes:
-            return
+            return None
         ckpt = state.state_dict(best=best)
-        if writes:
-            save_checkpoint(ckpt, self.folder.checkpoints / ("best.pt" if best else "last.pt"))
+        name = "best.pt" if best else "last.pt"
+        bad = find_non_finite(ckpt)
+        if bad is not None:
+            raise self.diverged(state.step, f"the state to checkpoint in {name} holds NaN or infinite values ({bad})")
+        if not writes:
+            return None
+        path = save_checkpoint(ckpt, self.folder.checkpoints / name, check_finite=False)
+        if not best:
+            self.last_good = (path, state.step)
+        return path
+
+    def diverged(self, step: int, reason: str) -> TrainingDiverged:
+        """The error that stops a run at ``step`` for ``reason``, naming the last good checkpoint."""
+        if self.last_good is not None:
+            path, good = self.last_good
+            where = (f"the last good checkpoint is {path} (step {good}), kept as it was; continue from it with "
+                     f"`{resume_command(run_dir_of(path))} optim.lr=<lower>`")
+        else:
+            where = "no checkpoint had been written yet"
+        return TrainingDiverged(f"training stopped at step {step}: {reason}; {where}. Lower optim.lr or set "
+                                "train.grad_clip")
+
+    def stop_requested(self) -> bool:
+        """A stop signal arrived (on any rank under torchrun)."""
+        flag = self.stop.signum
+        if not self.ctx.enabled:
+            return flag is not None
+        import torch.distributed as dist
+
+        t = torch.tensor([flag or 0], device=self.ctx.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        if self.stop.signum is None and int(t.item()):
+            self.stop.signum = int(t.item())
+        return bool(int(t.item()))
+
+    def interrupt(self, state: TrainState) -> Interrupted:
+        """Write ``last.pt`` for the stop signal and return the Interrupted to raise."""
+        path = self.save(state)
+        exc = Interrupted(self.stop.signum or signal.SIGINT, state.step, path, self.folder.path)
+        self.folder.record(logging.WARNING, str(exc).replace("\n", "; "))
+        return exc
 
 
 def train(
@@ -91,6 +188,7 @@ def train(
     run_dir: str | os.PathLike | None = None,
     datasets: Mapping[str, Dataset | None] | None = None,
     callback: Callable[[dict], bool | None] | None = None,
+    trust_checkpoint: bool = False,
 ) -> RunResult:
     """Train an embedding model as ``cfg`` says; see the module docstring.
 
@@ -98,14 +196,21 @@ def train(
         cfg: a TrainConfig (or a nested dict, validated).
         progress: show tqdm bars (training and evaluation).
         resume: a checkpoint file or run folder to continue from exactly (``last.pt``): model,
-            optimizer, scheduler, AMP scaler, loss state (XBM memory), L_ZS, sampler position,
-            RNG states, step/epoch, best score and patience. The run folder is reused.
+            optimizer, scheduler, loss scaler, loss state (XBM memory), L_ZS, sampler position,
+            RNG states, step/epoch, best score and patience. The run folder is reused (and locked).
         run_dir: write the run here instead of a new ``output_dir/name`` folder.
         datasets: ready datasets ``{"train", "val", "test", "gallery"}`` (missing keys built from
             ``cfg.data``, see :func:`gspdml.engine.datasets.build_datasets`); ``train`` must have a
             ``labels`` array.
         callback: called after every optimiser step with ``{"step", "epoch", "loss", ...}``;
             returning True stops training (as if ``max_steps`` were reached).
+        trust_checkpoint: read ``resume`` with full unpickling (``weights_only=False``), for a
+            trusted file that holds more than tensors and plain values.
+
+    Raises:
+        Interrupted: on SIGINT/SIGTERM, after the current step and writing ``last.pt``.
+        TrainingDiverged: non-finite or exploding loss, gradient norm or state.
+        RunFolderLocked: another process trains in the run folder.
     """
     if not isinstance(cfg, TrainConfig):
         if not isinstance(cfg, Mapping):
@@ -114,26 +219,46 @@ def train(
     cfg = copy.deepcopy(cfg)
     ctx = init_from_env(cfg.train.device)
     try:
-        return _train(cfg, ctx, progress and ctx.is_main, resume, run_dir, datasets, callback)
+        return _train(cfg, ctx, progress and ctx.is_main, resume, run_dir, datasets, callback, trust_checkpoint)
     finally:
         cleanup(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: DistContext, progress: bool, resume, run_dir, datasets, callback) -> RunResult:
+def _on_main(ctx: DistContext, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0; its GspdmlError is raised on every rank (no rank waits forever)."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except GspdmlError as exc:
+            error = exc
+    message = ctx.broadcast_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise CheckpointError(message)
+    return result
+
+
+def _train(cfg: TrainConfig, ctx: DistContext, progress: bool, resume, run_dir, datasets, callback,
+           trust: bool) -> RunResult:
     t = cfg.train
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    ckpt = None
-    if resume is not None:
-        ckpt, resumed_dir = load_resume_checkpoint(resume)
-        run_dir = resumed_dir if run_dir is None else run_dir
-    seed_everything(t.seed + ctx.rank)
-    path = None
-    if ctx.is_main and (cfg.output_dir is not None or run_dir is not None):
-        path = Path(run_dir) if run_dir is not None else new_run_dir(cfg.output_dir, cfg.name)
-    folder = RunFolder(path)
+    target = Path(run_dir) if run_dir is not None else None
+    lock: RunLock | None = None
+    folder: RunFolder | None = None
     try:
-        folder.write_config(cfg)
+        # 1. validate and build everything; nothing is written (a resumed folder is only locked)
+        ckpt = None
+        if resume is not None:
+            resume_file = resolve_checkpoint(resume, prefer="last")
+            target = target if target is not None else run_dir_of(resume_file)
+        if target is not None and target.is_dir():
+            lock = _on_main(ctx, lambda: RunLock(target).acquire())
+        if resume is not None:
+            ckpt, _ = load_resume_checkpoint(resume_file, trust=trust)
+        seed_everything(t.seed + ctx.rank)
         data = build_datasets(cfg, datasets)
         train_set = relabeled(data["train"])
         sampler = build_sampler(cfg, train_set, ctx)
@@ -142,56 +267,116 @@ def _train(cfg: TrainConfig, ctx: DistContext, progress: bool, resume, run_dir, 
         total_steps = min(t.max_epochs * len(sampler), t.max_steps or math.inf)
         state = TrainState.create(cfg, train_set, sampler, total_steps, ctx)
         forward = ctx.wrap(state.module)
+        best_weights = None
         if ckpt is not None:
-            _resume(state, ckpt, folder, ctx)
-        else:
-            logger.info("training %s: %d train samples, %d classes, %d steps/epoch, device %s%s", cfg.name,
-                        len(train_set), train_set.num_classes, len(sampler), ctx.device, ", AMP" if state.amp else "")
+            state.load_state_dict(ckpt)
+            best_file = run_dir_of(ckpt["path"]) / "checkpoints" / "best.pt"
+            if state.best and ctx.is_main and best_file.is_file():
+                best_weights = load_checkpoint(best_file, trust=trust)["model"]
+            state.best_weights = ctx.broadcast_object(best_weights)
 
-        from tqdm.auto import tqdm
+        # 2. commit: create / lock the run folder, log.txt, orphan clean-up, config.yaml
+        def commit() -> RunFolder:
+            if target is not None:
+                return RunFolder(target).open(cfg, lock)
+            if cfg.output_dir is None:
+                return RunFolder(None)
+            path = new_run_dir(cfg.output_dir, cfg.name)
+            try:
+                return RunFolder(path).open(cfg)
+            except BaseException:
+                if not any(path.iterdir()):  # leave no empty folder behind
+                    path.rmdir()
+                raise
 
-        bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.name}", disable=not progress,
-                   unit="step", dynamic_ncols=True)
-        run = _Run(cfg, ctx, folder, train_set, data.get("val") if t.eval_every_steps != 0 else None, forward,
-                   progress, callback, t.max_steps if t.max_steps is not None else math.inf, bar)
-        finished = state.step >= run.max_steps or state.stopped_early
-        state.module.train()
-        while not finished and state.epoch < t.max_epochs:
-            finished = train_one_epoch(state, run)
-        bar.close()
-        if state.stopped_early:
-            logger.info("early stopping at step %d: no better validation MAP@R for %d validations", state.step,
-                        t.patience)
-        run.save(state)
-        return _finish(state, run, data.get("test"), data.get("gallery"))
+        folder = _on_main(ctx, commit) or RunFolder(None)
+        lock = None  # the folder holds it now
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    try:
+        return _loop(cfg, ctx, progress, callback, folder, data, train_set, sampler, total_steps, state, forward, ckpt)
+    except Interrupted:
+        raise
+    except GspdmlError as exc:
+        folder.record(logging.ERROR, f"run failed: {worker_error_message(exc)}")
+        raise
+    except KeyboardInterrupt:
+        folder.record(logging.WARNING, "stopped at once by a second interrupt; no checkpoint was written for it")
+        raise
+    except BaseException as exc:
+        folder.record(logging.ERROR, f"run failed: {type(exc).__name__}: {exc}", exc_info=True)
+        raise
     finally:
         folder.close()
 
 
-def _resume(state: TrainState, ckpt: dict, folder: RunFolder, ctx: DistContext) -> None:
-    """Load ``ckpt`` into ``state`` and the best weights from ``best.pt`` (read by rank 0, sent to all)."""
-    state.load_state_dict(ckpt)
-    weights = None
-    if state.best and folder.checkpoints is not None and (folder.checkpoints / "best.pt").is_file():
-        weights = load_checkpoint(folder.checkpoints / "best.pt")["model"]
-    state.best_weights = ctx.broadcast_object(weights)
-    logger.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt["path"], state.step, state.epoch,
-                state.batch_in_epoch)
+def _loop(cfg, ctx, progress, callback, folder, data, train_set, sampler, total_steps, state, forward, ckpt) -> RunResult:
+    t = cfg.train
+    if ckpt is not None:
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt["path"], state.step, state.epoch,
+                    state.batch_in_epoch)
+    else:
+        dtype = state.autocast_dtype
+        precision = "" if dtype is None else f", autocast {str(dtype).replace('torch.', '')}"
+        logger.info("training %s: %d train samples, %d classes, %d steps/epoch, device %s%s", cfg.name,
+                    len(train_set), train_set.num_classes, len(sampler), ctx.device, precision)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.name}", disable=not progress,
+               unit="step", dynamic_ncols=True)
+    run = _Run(cfg, ctx, folder, train_set, data.get("val") if t.eval_every_steps != 0 else None, forward,
+               progress, callback, t.max_steps if t.max_steps is not None else math.inf, bar)
+    if ckpt is not None:
+        run.last_good = (Path(ckpt["path"]), int(ckpt["step"]))
+    finished = state.step >= run.max_steps or state.stopped_early
+    run.stop.install()
+    try:
+        state.train_mode()
+        while not finished and state.epoch < t.max_epochs:
+            finished = train_one_epoch(state, run)
+            if not finished and run.stop_requested():  # arrived during the end-of-epoch validation
+                raise run.interrupt(state)
+        bar.close()
+        if state.stopped_early:
+            logger.info("early stopping at step %d: no better validation MAP@R for %d validations", state.step,
+                        t.patience)
+        state.freeze_backbone(False)
+        if run.stop.signum is not None:  # arrived during the last step or its validation
+            raise run.interrupt(state)
+        run.save(state)
+    finally:
+        run.stop.restore()
+        bar.close()
+    if run.stop.signum is not None:  # arrived during the final save
+        raise run.interrupt(state)
+    return _finish(state, run, data.get("test"), data.get("gallery"))
 
 
 def train_one_epoch(state: TrainState, run: _Run) -> bool:
     """Train on epoch ``state.epoch`` (the rest of it after a mid-epoch resume): optimiser steps,
-    logged rows, step-wise validation and checkpoints, then the end-of-epoch validation.
+    logged rows, step-wise validation and checkpoints, then the end-of-epoch validation. The
+    backbone is frozen in the first ``train.freeze_backbone_epochs`` epochs.
 
     Returns True when training is finished (max steps, early stopping, or the callback said so).
+    Raises Interrupted after the step during which SIGINT/SIGTERM arrived (``last.pt`` written).
     """
     t = run.cfg.train
+    frozen = state.epoch < t.freeze_backbone_epochs
+    if frozen != state.backbone_frozen:
+        state.freeze_backbone(frozen)
+        logger.info("epoch %d: backbone %s (train.freeze_backbone_epochs=%d)", state.epoch,
+                    "frozen" if frozen else "unfrozen", t.freeze_backbone_epochs)
     sampler = state.sampler
     sampler.set_epoch(state.epoch)  # continues at the saved position within a resumed epoch
     epoch_len = len(sampler)
     gen = torch.Generator().manual_seed(t.seed * 1_000_003 + state.epoch * 7919 + run.ctx.rank)
-    loader = DataLoader(run.train_set, batch_sampler=sampler, num_workers=run.cfg.data.num_workers,
-                        pin_memory=run.ctx.device.type == "cuda", generator=gen)
+    workers = run.cfg.data.num_workers
+    loader = DataLoader(run.train_set, batch_sampler=sampler, num_workers=workers,
+                        pin_memory=run.ctx.device.type == "cuda", generator=gen,
+                        worker_init_fn=_ignore_stop_signals if workers > 0 else None)
     finished = False
     for batch in loader:
         loss, parts, images = _optimizer_step(state, run, batch)
@@ -207,6 +392,8 @@ def train_one_epoch(state: TrainState, run: _Run) -> bool:
             run.save(state)
         if finished:
             break
+        if run.stop_requested():
+            raise run.interrupt(state)
     if state.batch_in_epoch >= epoch_len:  # the epoch is complete
         if run.val_set is not None and t.eval_every_steps is None and not state.stopped_early and validate(state, run):
             state.stopped_early = finished = True
@@ -215,31 +402,55 @@ def train_one_epoch(state: TrainState, run: _Run) -> bool:
     return finished
 
 
+def _grad_norm(state: TrainState, clip: float | None) -> float:
+    """The total gradient norm before clipping (clipped to ``clip`` when given)."""
+    params = [p for p in state.module.parameters() if p.grad is not None]
+    if clip is not None:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+
+
 def _optimizer_step(state: TrainState, run: _Run, batch) -> tuple[float, dict, int]:
-    """Forward, backward and one optimiser + schedule step; returns (loss, loss parts, batch size)."""
+    """Forward, backward and one optimiser + schedule step; returns (loss, loss parts, batch size).
+
+    Before the update is applied the loss (finite, below the divergence threshold) and, with
+    ``train.grad_clip`` or ``train.max_grad_norm``, the gradient norm are checked: a failed check
+    raises TrainingDiverged and the step is not applied.
+    """
     device, t = run.ctx.device, run.cfg.train
+    step = state.step + 1
     x, mask, y = split_batch(batch)
     x, mask = move_input(x, mask, device, non_blocking=True)
     y = y.to(device, non_blocking=True)
-    state.module.train()
-    with torch.autocast(device.type, dtype=torch.float16, enabled=state.amp):
+    state.train_mode()
+    dtype = state.autocast_dtype
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         total, parts = run.forward(x, mask, y)
-    if not torch.isfinite(total):
-        raise InputError(
-            f"the training loss became {total.item()} at step {state.step + 1}; lower optim.lr or enable train.grad_clip"
-        )
+    value = float(total.detach())
+    if not math.isfinite(value):
+        raise run.diverged(step, f"the training loss became {value}")
+    ref, factor = state.loss_reference, t.divergence_factor
+    if ref is None:
+        state.loss_reference = value
+    elif factor is not None and value > ref + factor * max(abs(ref), 1.0):
+        raise run.diverged(step, f"the training loss {value:.4g} grew beyond {factor:g} x its first value {ref:.4g} "
+                                 "(train.divergence_factor)")
     optimizer, scaler = state.optimizer, state.scaler
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
-    if t.grad_clip is not None:
+    if t.grad_clip is not None or t.max_grad_norm is not None:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(state.module.parameters(), t.grad_clip)
+        norm = _grad_norm(state, t.grad_clip)
+        if not math.isfinite(norm) and not scaler.is_enabled():  # fp16 loss scaling skips such a step itself
+            raise run.diverged(step, f"the gradient norm became {norm}")
+        if t.max_grad_norm is not None and math.isfinite(norm) and norm > t.max_grad_norm:
+            raise run.diverged(step, f"the gradient norm {norm:.4g} exceeds train.max_grad_norm={t.max_grad_norm:g}")
     scaler.step(optimizer)
     scaler.update()
     state.scheduler.step()
     state.step += 1
     state.batch_in_epoch += 1
-    return float(total.detach()), {k: float(v) for k, v in parts.items()}, int(y.shape[0])
+    return value, {k: float(v) for k, v in parts.items()}, int(y.shape[0])
 
 
 def _log_step(state: TrainState, run: _Run, loss: float, parts: dict, images: int, epoch_len: int) -> None:

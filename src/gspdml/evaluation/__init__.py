@@ -1,9 +1,11 @@
-"""Retrieval metrics (MAP@R, R-Precision, P@1, Recall@K) and MLRC aggregation: pure functions on
-embeddings and metric dicts (no model, no training)."""
+"""Retrieval metrics (MAP@R, R-Precision, P@1, Recall@K; the NIR paper's NMI and mAP@1000) and MLRC
+aggregation: pure functions on embeddings and metric dicts (no model, no training)."""
 from gspdml._lazy import lazy_exports
 
 _EXPORTS = {
     'compute_retrieval_metrics': 'gspdml.evaluation.metrics',
+    'nmi_score': 'gspdml.evaluation.metrics',
+    'map_at_k': 'gspdml.evaluation.metrics',
     'concat_embeddings': 'gspdml.evaluation.mlrc',
     'summarize': 'gspdml.evaluation.mlrc',
 }

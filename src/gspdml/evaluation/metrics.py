@@ -1,4 +1,5 @@
-"""Retrieval metrics: MAP@R, R-Precision, P@1 (MLRC) and Recall@K (conventional).
+"""Retrieval metrics: MAP@R, R-Precision, P@1 (MLRC), Recall@K (conventional), and the NIR paper's
+NMI and mAP@1000.
 
 Computed with pytorch-metric-learning's :class:`AccuracyCalculator` and a faiss exact kNN search
 (L2 distance, which ranks like cosine similarity on L2-normalised embeddings). The number of
@@ -16,6 +17,21 @@ neighbours sorted by distance:
 Each is averaged over queries. With ``reference=None`` the query set is retrieved against itself
 and every query's own entry is excluded. Queries with no other member of their class in the
 reference set are left out of the averages (they have no correct answer).
+
+Two more metrics, as the NIR paper reports them (its code: the ``metrics/`` of Roth et al.'s DML
+codebase, on which the NIR code is built), computed by :func:`nmi_score` and :func:`map_at_k` or
+requested from :func:`compute_retrieval_metrics` with ``extra_metrics=("nmi", "map_at_1000")``:
+
+- ``nmi``: normalised mutual information (arithmetic mean of the entropies) between the labels and
+  a k-means clustering of the embeddings, k = the number of classes (faiss k-means as the authors':
+  20 iterations, at least one point per centroid, fixed seed; each point assigned to its nearest
+  centroid). With a gallery, query and gallery embeddings are clustered together.
+- ``map_at_<K>`` (K = 1000 in the paper): for a query q of class c with its first K neighbours (self
+  excluded), ``AP@K(q) = (1/n_c) sum_{i <= K, neighbour i of class c} precision@i`` and the mean over
+  all queries. ``n_c`` is the size of class c in the evaluated set, *the query itself included*
+  (the authors' ``freq``), so a perfect ranking scores ``(n_c - 1) / n_c``, not 1; a query alone in
+  its class scores 0 and counts. With a gallery, ``n_c`` is the number of gallery items of class c
+  (queries without any are left out). Unlike MAP@R the cut-off is fixed (K) rather than R.
 """
 from __future__ import annotations
 
@@ -26,9 +42,19 @@ import torch
 
 from gspdml.errors import InputError
 
-__all__ = ["compute_retrieval_metrics", "METRIC_NAMES", "RetrievalCalculator"]
+__all__ = [
+    "compute_retrieval_metrics",
+    "METRIC_NAMES",
+    "EXTRA_METRICS",
+    "RetrievalCalculator",
+    "nmi_score",
+    "kmeans_assign",
+    "map_at_k",
+]
 
 METRIC_NAMES = ("map_at_r", "r_precision", "precision_at_1")
+#: The optional metrics of :func:`compute_retrieval_metrics` (``map_at_<K>`` takes any K >= 1).
+EXTRA_METRICS = ("nmi", "map_at_<K>")
 _PML_NAMES = {
     "mean_average_precision_at_r": "map_at_r",
     "r_precision": "r_precision",
@@ -190,12 +216,112 @@ def _as_labels(y, n: int, name: str) -> torch.Tensor:
     return y.detach().to("cpu", torch.int64)
 
 
+def kmeans_assign(embeddings, num_clusters: int, *, seed: int = 1234, niter: int = 20) -> np.ndarray:
+    """Cluster ids (N,) of a faiss k-means of ``embeddings`` (N, D) into ``num_clusters`` clusters.
+
+    The authors' settings: ``niter`` 20, at least 1 and at most 10^9 points per centroid, each
+    point assigned to its nearest centroid (L2); ``seed`` 1234 is faiss's default, the one the
+    authors' runs used. Deterministic for a given seed.
+    """
+    import faiss
+
+    x = np.ascontiguousarray(_as_embeddings(embeddings, "embeddings").numpy(), dtype=np.float32)
+    k = int(num_clusters)
+    if not 1 <= k <= len(x):
+        raise InputError(f"kmeans_assign: num_clusters must lie in 1..{len(x)} (the number of embeddings), got {num_clusters}")
+    clustering = faiss.Clustering(x.shape[1], k)
+    clustering.niter = int(niter)
+    clustering.seed = int(seed)
+    clustering.min_points_per_centroid = 1
+    clustering.max_points_per_centroid = 1_000_000_000
+    index = faiss.IndexFlatL2(x.shape[1])
+    clustering.train(x, index)
+    centroids = faiss.vector_float_to_array(clustering.centroids).reshape(k, x.shape[1])
+    search = faiss.IndexFlatL2(x.shape[1])
+    search.add(centroids)
+    return search.search(x, 1)[1][:, 0].astype(np.int64)
+
+
+def nmi_score(embeddings, labels, num_clusters: int | None = None, *, seed: int = 1234) -> float:
+    """NMI between ``labels`` and a k-means clustering of ``embeddings`` (see the module docstring).
+
+    ``num_clusters`` defaults to the number of distinct labels (the authors' code uses the number
+    of *training* classes, which is the same for CUB and Cars196 and 2 more for SOP).
+    """
+    from sklearn.metrics import normalized_mutual_info_score
+
+    x = _as_embeddings(embeddings, "embeddings")
+    y = _as_labels(labels, len(x), "labels").numpy()
+    k = len(np.unique(y)) if num_clusters is None else int(num_clusters)
+    clusters = kmeans_assign(x, k, seed=seed)
+    return float(normalized_mutual_info_score(y, clusters, average_method="arithmetic"))
+
+
+def map_at_k(query, query_labels, reference=None, reference_labels=None, k: int = 1000, *,
+             chunk_size: int = 4096) -> float:
+    """The NIR paper's mAP@K (K = 1000 there) by exact faiss L2 search (``chunk_size`` queries at a
+    time); see the module docstring."""
+    import faiss
+
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise InputError(f"map_at_k: k must be a positive int, got {k!r}")
+    q = _as_embeddings(query, "query")
+    ql = _as_labels(query_labels, len(q), "query_labels").numpy()
+    if (reference is None) != (reference_labels is None):
+        raise InputError("give both reference and reference_labels, or neither (self-retrieval)")
+    self_mode = reference is None
+    ref = q if self_mode else _as_embeddings(reference, "reference")
+    rl = ql if self_mode else _as_labels(reference_labels, len(ref), "reference_labels").numpy()
+    if ref.shape[1] != q.shape[1]:
+        raise InputError(f"query and reference embeddings differ in dimension: {q.shape[1]} vs {ref.shape[1]}")
+    if self_mode and len(q) < 2:
+        raise InputError("self-retrieval needs at least 2 query embeddings")
+    kk = min(int(k), len(ref) - int(self_mode))
+    uniq, counts = np.unique(rl, return_counts=True)
+    pos = np.clip(np.searchsorted(uniq, ql), 0, len(uniq) - 1)
+    n_c = np.where(uniq[pos] == ql, counts[pos], 0)  # class size in the reference set (self included)
+    if not (n_c > 0).any():
+        return float("nan")
+    index = faiss.IndexFlatL2(ref.shape[1])
+    index.add(np.ascontiguousarray(ref.numpy()))
+    queries = np.ascontiguousarray(q.numpy())
+    ranks = np.arange(1, kk + 1)
+    total, count = 0.0, 0
+    for start in range(0, len(q), chunk_size):
+        stop = min(start + chunk_size, len(q))
+        neighbours = index.search(queries[start:stop], kk + int(self_mode))[1]
+        if self_mode:  # drop each query's own entry (or, where ties hid it, the last neighbour)
+            keep = neighbours != np.arange(start, stop)[:, None]
+            keep[keep.all(axis=1), -1] = False
+            neighbours = neighbours[keep].reshape(stop - start, kk)
+        hits = rl[neighbours] == ql[start:stop, None]
+        valid = n_c[start:stop] > 0
+        ap = (np.cumsum(hits, axis=1) / ranks * hits).sum(axis=1)[valid] / n_c[start:stop][valid]
+        total, count = total + float(ap.sum()), count + int(valid.sum())
+    return total / count
+
+
+def _parse_extra(names) -> list[tuple[str, int | None]]:
+    out = []
+    for name in names:
+        key = str(name).strip().lower()
+        if key == "nmi":
+            out.append(("nmi", None))
+            continue
+        if key.startswith("map_at_") and key[7:].isdigit() and int(key[7:]) >= 1:
+            out.append((f"map_at_{int(key[7:])}", int(key[7:])))
+            continue
+        raise InputError(f"unknown extra metric {name!r}; valid: nmi, map_at_<K> (e.g. map_at_1000)")
+    return out
+
+
 def compute_retrieval_metrics(
     query,
     query_labels,
     reference=None,
     reference_labels=None,
     recall_ks: Iterable[int] = (1, 2, 4, 8),
+    extra_metrics: Iterable[str] = (),
 ) -> dict[str, float]:
     """Retrieval metrics of ``query`` against ``reference`` (or against itself, self excluded).
 
@@ -205,13 +331,16 @@ def compute_retrieval_metrics(
         reference, reference_labels: the gallery (e.g. In-shop); ``None`` retrieves the query set
             against itself with each query's own entry excluded (MLRC, CUB/Cars/SOP).
         recall_ks: the K of the ``recall_at_<k>`` entries.
+        extra_metrics: any of ``"nmi"`` and ``"map_at_<K>"`` (e.g. ``"map_at_1000"``), the NIR
+            paper's metrics (:func:`nmi_score`, :func:`map_at_k`), added under those names.
 
     Returns:
-        ``{"map_at_r", "r_precision", "precision_at_1", "recall_at_<k>"...}`` as floats in [0, 1].
+        ``{"map_at_r", "r_precision", "precision_at_1", "recall_at_<k>"..., extras...}`` as floats in [0, 1].
     """
     ks = tuple(int(k) for k in recall_ks)
     if any(k < 1 for k in ks):
         raise InputError(f"recall_ks must be positive ints, got {ks}")
+    extras = _parse_extra(extra_metrics)
     q = _as_embeddings(query, "query")
     ql = _as_labels(query_labels, len(q), "query_labels")
     if (reference is None) != (reference_labels is None):
@@ -240,4 +369,11 @@ def compute_retrieval_metrics(
     out = {ours: float(raw[pml]) for pml, ours in _PML_NAMES.items()}
     for k, v in raw["recall_at_k"].items():
         out[f"recall_at_{k}"] = float(v)
+    for name, k in extras:
+        if k is not None:
+            out[name] = map_at_k(q, ql, ref, rl, k=k)
+        elif ref is None:
+            out[name] = nmi_score(q, ql)
+        else:
+            out[name] = nmi_score(torch.cat([q, ref]), torch.cat([ql, rl]))
     return out

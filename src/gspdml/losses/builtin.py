@@ -12,7 +12,7 @@ settings (:mod:`gspdml.losses.presets`):
 ``XBM``        contrastive batch loss + cross-batch-memory loss, memory on after 1000 iterations
 ``PNCA``       ProxyNCA++ loss: softmax over all proxies, scale 9 (temperature 1/9); proxies x100
 ``PAnchor``    Proxy-Anchor (alpha 32, margin 0.1); proxies x100
-``PAnchor+NIR``/``PNCA+NIR``  ``L_NIR + w * L_proxy`` (NIR settings: proxies x4000, flow x50)
+``PAnchor+NIR``/``PNCA+NIR``  ``L_NIR + w * L_proxy`` (NIR: FrEIA flow, proxies x4000, flow x50)
 =============  ===========================================================================
 
 Every loss accepts ``dataset`` (``cub``, ``cars196``, ``sop``, ``inshop``), used where the loss has
@@ -144,8 +144,8 @@ def proxy_anchor(
     return ProxyLoss("PAnchor", loss, embedding_dim, proxy_lr_mult)
 
 
-#: The flow settings a ``+NIR`` loss accepts (defaults: :class:`NIRLoss`'s).
-NIR_FLOW_SETTINGS = ("num_blocks", "hidden", "num_hidden_layers", "clamp", "objective")
+#: The flow settings a ``+NIR`` loss accepts (defaults: :class:`NIRLoss`'s, i.e. the authors').
+NIR_FLOW_SETTINGS = ("num_blocks", "hidden", "num_hidden_layers", "clamp", "objective", "cond_mode", "noise", "subnet_init")
 
 
 def with_nir(base: Callable[..., ProxyLoss], name: str) -> Callable[..., NIRProxyLoss]:

@@ -178,6 +178,8 @@ class NIRProxyLoss(DMLLoss):
         return self.nir(embeddings, self.proxy_loss.proxies, labels) + self.proxy_weight * proxy
 
     def param_groups(self) -> list[dict]:
-        return self.proxy_loss.param_groups() + [
-            {"name": "nir_flow", "params": list(self.nir.parameters()), "lr_mult": self.flow_lr_mult}
+        # as the NIR authors: no weight decay on the proxies and the flow
+        proxies = [{**g, "weight_decay": 0.0} for g in self.proxy_loss.param_groups()]
+        return proxies + [
+            {"name": "nir_flow", "params": list(self.nir.parameters()), "lr_mult": self.flow_lr_mult, "weight_decay": 0.0}
         ]

@@ -69,7 +69,8 @@ class TokenEmbedding(nn.Module):
         if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
             raise InputError(f"token_embedding: expected integer token ids of shape (B, N), got "
                              f"{tuple(ids.shape)} {ids.dtype}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_tokens):
+        # a data-dependent check: eager only (compile/export trace the embedding lookup alone)
+        if not torch.compiler.is_compiling() and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_tokens):
             raise InputError(f"token_embedding: token ids must lie in [0, {self.num_tokens - 1}], "
                              f"got range [{int(ids.min())}, {int(ids.max())}]")
         return self.embedding(ids)
