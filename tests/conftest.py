@@ -11,6 +11,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)  # tiny models: threads cost more than they give on 2 shared cores
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip ``@pytest.mark.cuda`` tests where no CUDA device is available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run benchmarks/gpu_check.sh on a GPU machine)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)

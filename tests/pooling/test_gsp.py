@@ -314,3 +314,23 @@ def test_benchmark_times_what_the_module_computes():
     # the floor uses the same cost: its weights are the mean cost over prototypes
     want = torch.einsum("bn,bnc->bc", naive_cost(x, pool.prototypes.detach()).mean(1), x)
     assert torch.allclose(floor_pool(x, pool.prototypes), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_prototypes_raise(bad):
+    """NaN/inf prototypes (e.g. after a diverged step) raise the same InputError as NaN features."""
+    pool = make(dim=6, m=3)
+    x = torch.randn(2, 6, 3, 3)
+    with torch.no_grad():
+        pool.prototypes[1, 2] = bad
+    with pytest.raises(InputError, match="prototypes contain NaN or infinite values"):
+        pool(x)
+    pool2 = make(dim=6, m=3)
+    x_bad = x.clone()
+    x_bad[0, 1, 1, 1] = bad
+    with pytest.raises(InputError, match="NaN or infinite") as features_error:
+        pool2(x_bad)
+    assert type(features_error.value) is InputError
+    # off in the sync-free mode (check_finite False): no error, the NaN propagates
+    pool.check_finite = False
+    assert torch.isnan(pool(x)).any()

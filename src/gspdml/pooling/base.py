@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from gspdml.errors import InputError
+from gspdml.pooling.transport.runtime import is_tracing
 from gspdml.registry import Registry
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "masked_max",
     "uniform_weights",
     "real_count",
+    "all_finite",
 ]
 
 #: name -> pooling class; ``dim`` is passed positionally and not checked as a keyword. Use it as
@@ -50,6 +52,8 @@ def _check_mask(mask, x: Tensor, B: int, n: int, spatial: Optional[tuple[int, in
             got = f"shape {tuple(mask.shape)}, which does not match the input of shape {tuple(x.shape)}"
         raise InputError(f"{where} mask must be a bool tensor of shape {shapes} (True = real feature), got {got}")
     mask = mask.reshape(B, n).to(x.device)
+    if is_tracing():  # data-dependent checks run in eager mode only
+        return mask
     empty = ~mask.any(1)
     if bool(empty.any()):
         raise InputError(
@@ -68,7 +72,8 @@ def flatten_features(
     None or a bool (B, n) tensor, ``spatial`` ``(H, W)`` for maps and None for token sets.
     Raises :class:`InputError` (messages start with ``where``) on a non-tensor, a wrong rank or
     channel count, non-floating-point or empty input, a bad mask, a sample with every position
-    masked, or (``check_finite``) NaN/inf at real positions.
+    masked, or (``check_finite``) NaN/inf at real positions. The last two checks read values, so
+    they run in eager mode only (not under ``torch.compile`` / ``torch.export`` / ``jit.trace``).
     """
     if not isinstance(x, Tensor):
         raise InputError(f"{where} expects a tensor, got an object of type {type(x).__name__}")
@@ -101,10 +106,26 @@ def flatten_features(
     if mask is not None:
         mask = _check_mask(mask, x, B, n, spatial, where)
         feats = feats.masked_fill(~mask.unsqueeze(-1), 0.0)
-    if check_finite and not bool(torch.isfinite(feats).all()):
+    if check_finite and not is_tracing() and not all_finite(feats):
         real = "real features" if mask is not None else "features"
         raise InputError(f"{where} input contains NaN or infinite values (in the {real}); check the backbone output")
     return feats, mask, spatial
+
+
+def all_finite(*tensors: Tensor) -> bool:
+    """Whether every value of the tensors is finite, with one host read: their minima and maxima
+    (one pass each, NaN propagates) instead of an element-wise ``isfinite`` map."""
+    ends = torch.stack([v.float() for t in tensors for v in torch.aminmax(_memory_order(t.detach()))])
+    return bool(torch.isfinite(ends).all())
+
+
+def _memory_order(t: Tensor) -> Tensor:
+    """``t`` with its dims permuted into memory order (a contiguous view when ``t`` is dense, e.g.
+    an NCHW map seen as (B, n, C)), so that full reductions need no copy."""
+    if t.is_contiguous():
+        return t
+    view = t.permute(*sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    return view if view.is_contiguous() else t
 
 
 def real_count(feats: Tensor, mask: Optional[Tensor]) -> Tensor:

@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gspdml.errors import InputError
-from gspdml.pooling.base import POOLINGS, Pooling, masked_mean, uniform_weights
+from gspdml.pooling.base import POOLINGS, Pooling, all_finite, masked_mean, uniform_weights
 from gspdml.pooling.transport import (
     COST_BOUND,
     check_solver_args,
     cost_points_by_prototypes,
+    is_tracing,
     no_autocast,
+    prefer_rows,
     solve_points_first,
     solver_dtype,
     weighted_sum,
@@ -86,6 +88,11 @@ class GSP(Pooling):
     GAP and ``details["weights"]`` is uniform, but ``details["marginals"]`` and ``"rho"`` come from
     the transport problem with the current prototypes (so a zero-shot loss still gets a z).
 
+    Works under ``torch.compile`` (also ``fullgraph=True`` once the prototypes are initialised),
+    ``torch.export`` and ONNX export. NaN/inf features or prototypes raise :class:`InputError`
+    in eager mode (host reads, skipped when traced); ``check_finite = False`` on an instance
+    turns them off, and then the layer never synchronises with the host.
+
     Example:
         >>> pool = GSP(dim=128, num_prototypes=64, mu=0.3, eps=5.0, init="random")
         >>> pooled, details = pool(torch.randn(8, 128, 7, 7), return_details=True)
@@ -136,6 +143,14 @@ class GSP(Pooling):
         self.register_buffer("memory", torch.zeros(self.memory_size, dim))
         self.register_buffer("memory_count", torch.zeros((), dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(init == "random"))
+        # a Python mirror of the buffer, so that forward branches on no tensor value (compile,
+        # export); kept in step by initialize_prototypes and load_state_dict
+        self._ready = init == "random"
+        self.register_load_state_dict_post_hook(GSP._sync_ready)
+
+    @staticmethod
+    def _sync_ready(module: "GSP", incompatible_keys) -> None:
+        module._ready = bool(module.initialized)
 
     # ------------------------------------------------------------------------------------------
 
@@ -153,7 +168,7 @@ class GSP(Pooling):
     @property
     def is_initialized(self) -> bool:
         """Whether the prototypes are set (always True for ``init="random"``)."""
-        return bool(self.initialized)
+        return self._ready
 
     @torch.no_grad()
     def initialize_prototypes(self, vectors: Tensor) -> None:
@@ -173,6 +188,7 @@ class GSP(Pooling):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast(self.prototypes.data, src=0)
         self.initialized.fill_(True)
+        self._ready = True
 
     @torch.no_grad()
     def _remember(self, gap: Tensor) -> None:
@@ -210,7 +226,12 @@ class GSP(Pooling):
         """
         out_dtype = feats.dtype
         dtype = solver_dtype(torch.promote_types(out_dtype, self.prototypes.dtype))
-        ready = bool(self.initialized)
+        ready = self._ready
+        if self.check_finite and not is_tracing() and not all_finite(self.prototypes):
+            raise InputError(
+                f"{self.where} prototypes contain NaN or infinite values (e.g. after a diverged "
+                f"optimisation step); they must be finite"
+            )
         gap_out = (not ready) or self.mu >= 1.0
         with no_autocast(feats.device.type):
             feats = feats.to(dtype)
@@ -220,6 +241,7 @@ class GSP(Pooling):
                     self._remember(pooled.detach())
                 if not with_solution:
                     return pooled.to(out_dtype), None
+            feats = prefer_rows(feats)  # small NCHW maps: one transposing copy beats batched GEMMs
             cost_nm = cost_points_by_prototypes(feats, self.prototypes.to(dtype))
             weights, rho, marginals, _ = solve_points_first(
                 cost_nm, self.mu, self.eps, solver=self.solver, iters=self.iters, mask=mask,

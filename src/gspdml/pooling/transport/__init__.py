@@ -19,20 +19,34 @@ solvers use), :mod:`.solve` (the entry points), :mod:`.checks` (argument and inp
 :mod:`.weighted` (the pooling sum), :mod:`.runtime` (compute dtype, autocast guard).
 """
 from gspdml.pooling.transport.checks import SOLVERS, check_solver_args
-from gspdml.pooling.transport.cost import COST_BOUND, cost_points_by_prototypes, normalize_max1, prototype_cost
-from gspdml.pooling.transport.runtime import no_autocast, solver_dtype
+from gspdml.pooling.transport.cost import (
+    CHANNELS_FIRST_MIN_N,
+    COST_BOUND,
+    KINK_TOLERANCE,
+    channels_first,
+    cost_points_by_prototypes,
+    normalize_max1,
+    prefer_rows,
+    prototype_cost,
+)
+from gspdml.pooling.transport.runtime import is_tracing, no_autocast, solver_dtype
 from gspdml.pooling.transport.solve import TransportResult, partial_transport, solve_points_first
 from gspdml.pooling.transport.weighted import weighted_sum
 
 __all__ = [
+    "CHANNELS_FIRST_MIN_N",
     "COST_BOUND",
+    "KINK_TOLERANCE",
     "SOLVERS",
     "TransportResult",
+    "channels_first",
     "check_solver_args",
     "cost_points_by_prototypes",
+    "is_tracing",
     "no_autocast",
     "normalize_max1",
     "partial_transport",
+    "prefer_rows",
     "prototype_cost",
     "solve_points_first",
     "solver_dtype",

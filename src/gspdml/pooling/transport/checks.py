@@ -62,6 +62,8 @@ def check_mask(mask: Optional[Tensor], B: int, n: int, device) -> Optional[Tenso
             f"{describe(mask)}"
         )
     mask = mask.to(device)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # value checks: eager only
+        return mask
     count = mask.sum(1)
     if bool((count == 0).any()):
         bad = torch.nonzero(count == 0).flatten().tolist()
@@ -69,10 +71,19 @@ def check_mask(mask: Optional[Tensor], B: int, n: int, device) -> Optional[Tenso
     return mask
 
 
-def check_cost_finite(cost: Tensor, mask: Optional[Tensor]) -> None:
-    """The (B, m, n) cost is finite at the real features (padding may hold anything)."""
-    if not bool(torch.isfinite(cost if mask is None else cost.transpose(1, 2)[mask]).all()):
+def check_cost_finite(cost: Tensor, mask: Optional[Tensor]) -> Optional[tuple[float, float]]:
+    """The (B, m, n) cost is finite at the real features (padding may hold anything).
+
+    Returns the (min, max) of the real costs, read in the same single pass and host read, or
+    None under ``torch.compile`` / ``torch.export`` (where the check is skipped: it reads values).
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    real = cost if mask is None else cost.masked_fill(~mask.unsqueeze(1), 0.0)
+    lo, hi = torch.stack(torch.aminmax(real.detach())).double().tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError("cost contains NaN or infinite values (at real, unmasked features)")
+    return lo, hi
 
 
 def check_features_and_prototypes(features, prototypes) -> None:

@@ -1,14 +1,10 @@
-"""How the transport code runs: the compute dtype, the autocast guard and the CPU fast paths."""
+"""How the transport code runs: the compute dtype, the autocast guard, and whether it is traced."""
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-__all__ = ["CPU_FAST_PATHS", "solver_dtype", "no_autocast"]
-
-#: CPU-only shortcuts (numpy views in the Newton loop of :mod:`.exact`, cheap exact-zero
-#: detection in :mod:`.cost`), read at call time. Tests switch it off to run the device-generic
-#: code path (the one CUDA takes) on CPU.
-CPU_FAST_PATHS = True
+__all__ = ["solver_dtype", "no_autocast", "is_tracing", "apply_function"]
 
 
 def solver_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -16,16 +12,36 @@ def solver_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-class no_autocast:
-    """Disable autocast for the block (the solvers run in at least float32)."""
+def is_tracing() -> bool:
+    """Whether the code runs under ``torch.compile``, ``torch.export`` (both report
+    ``torch.compiler.is_compiling()``) or ``torch.jit.trace``: then data-dependent checks (which
+    need the values on the host) are skipped; they run in eager mode only."""
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
 
-    def __init__(self, device_type: str):
-        self.device_type = device_type if device_type in ("cuda", "cpu", "xpu", "mps") else "cpu"
-        self._ctx = None
 
-    def __enter__(self):
-        self._ctx = torch.autocast(device_type=self.device_type, enabled=False)
-        self._ctx.__enter__()
+def no_autocast(device_type: str) -> torch.autocast:
+    """A context that disables autocast (the solvers run in at least float32); a plain
+    ``torch.autocast``, so that ``torch.compile`` traces through it."""
+    return torch.autocast(device_type=device_type if device_type in ("cuda", "cpu", "xpu", "mps") else "cpu",
+                          enabled=False)
 
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+
+class _ForwardOnly:
+    """Stands in for the autograd context when a Function's forward runs as plain torch ops."""
+
+    needs_input_grad = (False,) * 16
+
+    def save_for_backward(self, *tensors) -> None:
+        pass
+
+    def set_materialize_grads(self, value: bool) -> None:
+        pass
+
+
+def apply_function(function: type, *args):
+    """``function.apply(*args)`` when a gradient is needed, else its forward as plain torch ops
+    (the same code, so the same values; ``torch.jit.trace`` can then save the graph, and
+    inference keeps nothing for a backward pass)."""
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return function.apply(*args)
+    return function.forward(_ForwardOnly(), *args)
