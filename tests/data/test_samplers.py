@@ -84,27 +84,38 @@ def test_state_mismatch_is_an_error():
         s.load_state_dict({k: v for k, v in state.items() if k != "position"})
 
 
-@pytest.mark.parametrize("drop_last", [True, False])
-def test_ranks_get_disjoint_equal_batches(drop_last):
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_share_one_global_batch_by_contiguous_classes(world):
     labels = _labels()
-    world = 3
-    single = list(ClassBalancedBatchSampler(labels, 2, 2, seed=4))
-    per_rank = [list(ClassBalancedBatchSampler(labels, 2, 2, seed=4, rank=r, world_size=world, drop_last=drop_last))
-                for r in range(world)]
-    lengths = {len(p) for p in per_rank}
-    assert len(lengths) == 1
-    n = lengths.pop()
-    if drop_last:
-        assert n == len(single) // world
-        flat = [tuple(b) for p in per_rank for b in p]
-        assert len(set(flat)) == len(flat)  # disjoint batches
-        assert set(flat) <= {tuple(b) for b in single}
-    else:
-        assert n == -(-len(single) // world)
-        # rank r takes plan[r::world] of the padded plan
-        padded = single + single[: n * world - len(single)]
-        for r in range(world):
-            assert per_rank[r] == padded[r::world]
+    P, K = 4, 2
+    single = ClassBalancedBatchSampler(labels, P, K, seed=4)
+    plan = list(single)
+    ranks = [ClassBalancedBatchSampler(labels, P, K, seed=4, rank=r, world_size=world) for r in range(world)]
+    per_rank = [list(s) for s in ranks]
+    share = P // world * K
+    for r, batches in enumerate(per_rank):
+        assert len(batches) == len(plan) == len(ranks[r])  # one share of every global batch
+        assert ranks[r].local_batch_size == share and ranks[r].batch_size == P * K
+        for b, g in zip(batches, plan):
+            assert b == g[r * share:(r + 1) * share]  # rank r: classes [r*P/W, (r+1)*P/W), all K samples
+            cls = labels[b].reshape(P // world, K)
+            assert (cls == cls[:, :1]).all()  # whole classes only
+    for s_, g in zip(zip(*per_rank), plan):  # rank order concatenation is the global batch
+        assert sum(s_, []) == g
+    # resume on a rank continues with its share of the next global batch
+    it = iter(ranks[1])
+    next(it)
+    state = ranks[1].state_dict(consumed=1)
+    again = ClassBalancedBatchSampler(labels, P, K, seed=4, rank=1, world_size=world)
+    again.load_state_dict(state)
+    assert list(again) == per_rank[1][1:]
+
+
+def test_classes_per_batch_must_divide_by_world_size():
+    from gspdml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"classes_per_batch=3 is not divisible by the world size 2.*multiple of 2"):
+        ClassBalancedBatchSampler(_labels(), 3, 2, rank=0, world_size=2)
 
 
 def test_works_as_dataloader_batch_sampler():

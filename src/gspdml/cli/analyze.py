@@ -30,10 +30,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     from gspdml.io import write_json
 
     common.check_positive("--repeats", args.repeats)
-    common.check_positive("--batch-size", args.batch_size)
-    device = common.resolve_device(args.device)
-    model, cfg, extra = common.load_checkpoint_for_eval(args)
-    out_dir = common.check_output_dir(common.default_output_dir(extra["path"], args.out), common.out_option(args))
+    device, model, cfg, extra, out_dir = common.load_for_analysis(args)
     dataset, split = common.eval_dataset(cfg, args.split)
     name = cfg.data.dataset
     try:

@@ -30,6 +30,7 @@ __all__ = [
     "parse_options",
     "eval_config",
     "load_checkpoint_for_eval",
+    "load_for_analysis",
     "eval_dataset",
     "display_normalization",
     "default_output_dir",
@@ -161,6 +162,16 @@ def load_checkpoint_for_eval(args: argparse.Namespace):
 
     model, cfg, extra = load_model_from_checkpoint(args.checkpoint, trust=getattr(args, "trust_checkpoint", False))
     return model, eval_config(cfg, args.dataset, args.root, args.option), extra
+
+
+def load_for_analysis(args: argparse.Namespace):
+    """``(device, model, cfg, extra, out_dir)`` of an ``analyze`` / ``viz`` command, every input
+    checked (batch size, device, checkpoint, writable output folder) before any work starts."""
+    check_positive("--batch-size", args.batch_size)
+    device = resolve_device(args.device)
+    model, cfg, extra = load_checkpoint_for_eval(args)
+    out_dir = check_output_dir(default_output_dir(extra["path"], args.out), out_option(args))
+    return device, model, cfg, extra, out_dir
 
 
 def eval_dataset(cfg, split: str | None):

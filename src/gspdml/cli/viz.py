@@ -62,10 +62,7 @@ def run_weights(args: argparse.Namespace) -> int:
     from gspdml.viz.weights import nearest_prototypes, plot_weight_maps, to_display_image
 
     common.check_positive("--num", args.num)
-    common.check_positive("--batch-size", args.batch_size)
-    device = common.resolve_device(args.device)
-    model, cfg, extra = common.load_checkpoint_for_eval(args)
-    out_dir = common.check_output_dir(common.default_output_dir(extra["path"], args.out), common.out_option(args))
+    device, model, cfg, extra, out_dir = common.load_for_analysis(args)
     check_image_model(model, "gspdml viz weights")
     if args.images:
         xs = _load_image_files(args.images, cfg, model)
@@ -115,10 +112,7 @@ def run_prototypes(args: argparse.Namespace) -> int:
     from gspdml.analysis.zeroshot import class_means, collect_model_outputs
     from gspdml.viz.prototypes import plot_prototype_histograms
 
-    common.check_positive("--batch-size", args.batch_size)
-    device = common.resolve_device(args.device)
-    model, cfg, extra = common.load_checkpoint_for_eval(args)
-    out_dir = common.check_output_dir(common.default_output_dir(extra["path"], args.out), common.out_option(args))
+    device, model, cfg, extra, out_dir = common.load_for_analysis(args)
     dataset, split = common.eval_dataset(cfg, args.split)
     name = cfg.data.dataset
     outputs = collect_model_outputs(

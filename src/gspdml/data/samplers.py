@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from gspdml.errors import CheckpointError, InputError
+from gspdml.errors import CheckpointError, ConfigError, InputError
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
@@ -37,10 +37,14 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
     Within a batch the K indices of a class are consecutive: positions ``[c*K, (c+1)*K)`` hold
     class ``c`` of the batch.
 
-    Distributed: every rank computes the same plan and takes batches ``rank, rank + world_size,
-    ...``, so ranks get disjoint batches and the same number of them. With ``drop_last=True`` the
-    plan is truncated to a multiple of ``world_size``; with ``drop_last=False`` it is padded by
-    repeating its first batches.
+    Distributed (``world_size`` W > 1): every rank computes the same plan of *global* P x K
+    batches (same seed) and yields, at every step, its contiguous share of each global batch:
+    rank r gets classes ``[r*P/W, (r+1)*P/W)`` of the batch, all K samples of each, i.e.
+    positions ``[r*(P/W)*K, (r+1)*(P/W)*K)``. Concatenating the ranks' batches in rank order gives
+    the global batch, which the training module rebuilds by all-gathering; every rank yields the
+    same number of batches (the number of global batches). P must be divisible by W
+    (ConfigError otherwise). ``drop_last`` is accepted for the ``DistributedSampler``-style call:
+    the plan holds only full batches, so nothing is ever dropped or padded.
 
     Resuming: ``state_dict()`` records the epoch and how many batches were produced in it;
     ``load_state_dict`` makes the next ``iter`` continue with exactly the next batch. Under a
@@ -62,6 +66,12 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= rank < world_size:
             raise InputError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        if classes_per_batch % world_size:
+            raise ConfigError(
+                f"classes_per_batch={classes_per_batch} is not divisible by the world size {world_size}: each rank "
+                f"takes an equal share of the global batch's classes; set data.classes_per_batch to a multiple of "
+                f"{world_size}"
+            )
         self.labels = labels.astype(np.int64)
         self.classes, inverse = np.unique(self.labels, return_inverse=True)
         if len(self.classes) < classes_per_batch:
@@ -80,8 +90,13 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 
     @property
     def batch_size(self) -> int:
-        """P x K."""
+        """P x K (the global batch)."""
         return self.P * self.K
+
+    @property
+    def local_batch_size(self) -> int:
+        """(P / world_size) x K: the samples of one batch this rank yields."""
+        return self.P // self.world_size * self.K
 
     def _plan(self, epoch: int) -> np.ndarray:
         """All batches of ``epoch`` (before distributing), shape (num_batches, P*K)."""
@@ -110,15 +125,10 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         return plan
 
     def _rank_batches(self, epoch: int) -> np.ndarray:
+        """This rank's share of every global batch of ``epoch``, shape (num_batches, P/W*K)."""
         plan = self._plan(epoch)
-        n = len(plan)
-        if self.world_size > 1:
-            if self.drop_last:
-                plan = plan[: n - n % self.world_size]
-            elif n % self.world_size and n:
-                pad = self.world_size - n % self.world_size
-                plan = np.concatenate([plan, plan[np.arange(pad) % n]])
-        return plan[self.rank :: self.world_size]
+        share = self.local_batch_size
+        return plan[:, self.rank * share:(self.rank + 1) * share]
 
     def __len__(self) -> int:
         """Number of batches this rank yields in the current epoch."""

@@ -72,14 +72,14 @@ def build_datasets(cfg: TrainConfig, given: Mapping[str, Dataset | None] | None 
 
 
 def build_sampler(cfg: TrainConfig, train_set, ctx: DistContext) -> ClassBalancedBatchSampler:
-    """This rank's class-balanced batches (``data.classes_per_batch`` x ``data.samples_per_class``)
-    over ``train_set`` (labels ``0..C-1``); ConfigError when the set cannot fill one batch or the
+    """This rank's share of the global class-balanced batches (``data.classes_per_batch`` x
+    ``data.samples_per_class`` per global batch) over ``train_set`` (labels ``0..C-1``); ConfigError when the set cannot fill one batch or the
     loss cannot learn with its classes (:func:`gspdml.config.check_learnable`)."""
     d = cfg.data
     check_learnable(cfg, int(train_set.num_classes))
     sampler = ClassBalancedBatchSampler(
         train_set.labels, classes_per_batch=d.classes_per_batch, samples_per_class=d.samples_per_class,
-        seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True,
+        seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
     )
     if len(sampler) == 0:
         raise ConfigError(

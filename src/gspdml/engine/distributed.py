@@ -3,9 +3,20 @@
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`init_from_env` reads them and starts the process group (``nccl`` on CUDA, ``gloo`` on CPU).
 Without these variables everything runs as a single process (world size 1) and nothing here
-costs anything. Each rank draws its own class-balanced batches (the sampler is given
-``rank``/``world_size``), only rank 0 logs and writes files, and evaluation embeds a strided shard
-of the dataset on every rank and all-gathers the embeddings in dataset order.
+costs anything. Every rank computes the same global class-balanced P x K batch per step and
+takes its contiguous share of the classes (see :class:`gspdml.data.ClassBalancedBatchSampler`);
+the training module all-gathers the per-rank embeddings (with gradients, :func:`gather_with_grad`),
+marginals and labels so that every loss sees the global batch; only rank 0 logs and writes files;
+evaluation embeds a strided shard of the dataset on every rank and all-gathers the embeddings in
+dataset order.
+
+Gradient scale of the gathered losses: every rank computes the same loss ``L`` of the global batch.
+The backward of :func:`gather_with_grad` sums the gradients of the W identical copies of ``L``
+over ranks, so rank r's local embeddings get ``W * dL/de_r`` and its model-parameter gradient is
+``W * (the part of dL/dtheta that flows through rank r's samples)``; DDP's averaging over ranks
+gives ``(1/W) * sum_r W * dL/dtheta|_r = dL/dtheta``, the one-process gradient on the global batch.
+Parameters of the losses (proxies, the NIR flow, the L_ZS class table) get ``dL/dphi`` on every
+rank (identical), and DDP's average leaves it unchanged. Hence no rescaling of the loss is needed.
 """
 from __future__ import annotations
 
@@ -18,7 +29,8 @@ import torch.distributed as dist
 from gspdml.config import parse_device
 from gspdml.errors import ConfigError
 
-__all__ = ["DistContext", "resolve_device", "init_from_env", "cleanup", "all_gather_ordered"]
+__all__ = ["DistContext", "resolve_device", "init_from_env", "cleanup", "all_gather_ordered", "gather_with_grad",
+           "gather_labels"]
 
 
 @dataclass
@@ -129,3 +141,53 @@ def all_gather_ordered(t: torch.Tensor, ctx: DistContext, total: int) -> torch.T
         n = len(range(r, total, ctx.world_size))
         out[r::ctx.world_size] = g[:n].cpu()
     return out
+
+
+def _collective_device(t: torch.Tensor) -> torch.device:
+    return t.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 (equal shapes on every rank); the backward sums the incoming
+    gradient over ranks (one all-reduce) and returns this rank's slice of it."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+        ctx.rank, ctx.size = rank, t.shape[0]
+        local = t.detach().contiguous().to(_collective_device(t))
+        parts = [torch.empty_like(local) for _ in range(world_size)]
+        dist.all_gather(parts, local)
+        return torch.cat(parts).to(t.device)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        total = grad.contiguous().to(_collective_device(grad))
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        own = total[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size].to(grad.device)
+        return own, None, None
+
+
+def gather_with_grad(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Every rank's ``t`` (same shape on every rank) concatenated along dim 0 in rank order, with
+    gradients: the backward sums the gradients of all ranks' copies (see the module docstring for
+    why this, with DDP's averaging, gives the one-process gradient). ``t`` itself in one process.
+    The class-balanced sampler gives every rank the same number of samples (no per-step shape
+    exchange is made).
+
+    Written here rather than with ``torch.distributed.nn.functional.all_gather`` (deprecated in
+    torch 2.14, and its gloo backward needs all-to-all): one all-gather forward, one all-reduce
+    backward, which every backend has.
+    """
+    if not ctx.enabled:
+        return t
+    return _GatherWithGrad.apply(t, ctx.rank, ctx.world_size)
+
+
+def gather_labels(y: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Every rank's labels concatenated in rank order (no gradient); ``y`` in one process."""
+    if not ctx.enabled:
+        return y
+    local = y.contiguous().to(_collective_device(y))
+    parts = [torch.empty_like(local) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, local)
+    return torch.cat(parts).to(y.device)

@@ -4,6 +4,11 @@ aggregate 128D / 512D with :mod:`gspdml.evaluation.mlrc`.
 For each repeat r and each fold k = 0..3, one model is trained on three quarters of the training
 classes with early stopping on the held-out quarter (``data.fold = k``); each model then embeds the
 test set (classes never seen in training).
+
+Under ``torchrun`` the process group is started once for the whole protocol and every rank takes
+part in every fold, one fold after the other (each fold is one multi-process training run, its test
+set embedded in strided shards and gathered); only rank 0 writes the fold run folders,
+``config.yaml``, ``protocol.json`` and ``protocol.md``; every rank returns the same result.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import numpy as np
 
 from gspdml.config import TrainConfig, save_config
 from gspdml.engine.datasets import build_datasets, make_split
+from gspdml.engine.distributed import DistContext, cleanup, init_from_env
 from gspdml.engine.evaluate import EmbeddedSplits, embed_query_gallery
 from gspdml.engine.runs import new_run_dir
 from gspdml.engine.trainer import train
@@ -66,18 +72,26 @@ def run_protocol(
         raise ConfigError(f"run_protocol needs a TrainConfig, got {type(cfg).__name__}")
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(
-            "gspdml protocol runs in a single process; under torchrun train each fold with "
-            "`gspdml train --config ... data.fold=K train.seed=S` (one multi-GPU run per fold)"
-        )
     num_folds = cfg.data.num_folds
     fold_ids = list(range(num_folds)) if folds is None else list(folds)
     bad = [k for k in fold_ids if not 0 <= k < num_folds]
     if bad or not fold_ids:
         raise ConfigError(f"folds must be a non-empty subset of 0..{num_folds - 1}, got {folds}")
-    base = Path(out_dir) if out_dir is not None else (
-        new_run_dir(cfg.output_dir, cfg.name) if cfg.output_dir is not None else None)
+    ctx = init_from_env(cfg.train.device)  # under torchrun: one process group for all folds
+    try:
+        return _run_protocol(cfg, ctx, repeats, progress and ctx.is_main, out_dir, datasets, fold_ids)
+    finally:
+        cleanup(ctx)
+
+
+def _run_protocol(cfg: TrainConfig, ctx: DistContext, repeats: int, progress: bool, out_dir, datasets,
+                  fold_ids: list[int]) -> ProtocolResult:
+    if out_dir is not None:
+        base = Path(out_dir)
+    elif cfg.output_dir is None:
+        base = None
+    else:
+        base = ctx.broadcast_object(new_run_dir(cfg.output_dir, cfg.name) if ctx.is_main else None)
 
     # the full train split (each fold run splits it, validating on the eval-transform copy) and
     # the test split, built once
@@ -105,7 +119,7 @@ def run_protocol(
             res = train(c, progress=progress, run_dir=run_dir, datasets=fold_data)
             emb = embed_query_gallery(res.model, test_ds, gallery_ds, batch_size=cfg.eval.batch_size,
                                       device=next(res.model.parameters()).device, progress=progress,
-                                      num_workers=cfg.data.num_workers, desc=f"test r{r} f{k}")
+                                      num_workers=cfg.data.num_workers, ctx=ctx, desc=f"test r{r} f{k}")
             fold_rows.append(emb.metrics(cfg.eval.recall_ks, cfg.eval.metrics))
             embs.append(emb)
             dirs.append(res.run_dir)
@@ -120,7 +134,7 @@ def run_protocol(
         run_dirs.append(dirs)
     summary = {"128D": summarize(dim128), "512D": summarize(dim512)}
     result = ProtocolResult(per_fold, dim128, dim512, summary, base, run_dirs)
-    if base is not None:
+    if base is not None and ctx.is_main:
         base.mkdir(parents=True, exist_ok=True)
         save_config(cfg, base / "config.yaml")
         write_json(base / "protocol.json", {"repeats": repeats, "folds": fold_ids, "per_fold": per_fold,

@@ -19,7 +19,7 @@ from torch import nn
 
 from gspdml.config import TrainConfig, resolve_precision, to_dict
 from gspdml.engine.checkpoint import capture_rng_state, restore_rng_state
-from gspdml.engine.distributed import DistContext
+from gspdml.engine.distributed import DistContext, gather_labels, gather_with_grad
 from gspdml.engine.optim import build_optimizer, build_scheduler
 from gspdml.errors import CheckpointError, ConfigError
 
@@ -31,14 +31,24 @@ class TrainModule(nn.Module):
 
     ``forward(x, mask, labels) -> (total, parts)`` with ``total = (1 - w) L_DML + w L_ZS`` (just
     ``L_DML`` without L_ZS) and ``parts`` the detached ``loss_dml`` (and ``loss_zs``).
+
+    Under torchrun (``ctx.enabled``) this rank's embeddings, prototype marginals and labels are
+    all-gathered in rank order (embeddings and marginals with gradients,
+    :func:`gspdml.engine.distributed.gather_with_grad`) before any loss is computed, so the pair
+    loss and its miner, XBM (which then enqueues the global batch on every rank), the proxy
+    losses, NIR and L_ZS (class-disjoint halves of the global batch) all see the global batch,
+    and every rank computes the same loss; no rescaling is needed for the one-process gradient
+    (the argument is in :mod:`gspdml.engine.distributed`).
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module, zero_shot: nn.Module | None, zs_weight: float) -> None:
+    def __init__(self, model: nn.Module, loss: nn.Module, zero_shot: nn.Module | None, zs_weight: float,
+                 ctx: DistContext | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
         self.zero_shot = zero_shot
         self.zs_weight = float(zs_weight)
+        self.ctx = ctx if ctx is not None else DistContext()
 
     def forward(self, x, mask, labels):
         if self.zero_shot is not None:
@@ -51,6 +61,11 @@ class TrainModule(nn.Module):
                 )
         else:
             emb = self.model(x, mask=mask)
+        if self.ctx.enabled:
+            emb = gather_with_grad(emb, self.ctx)
+            if self.zero_shot is not None:
+                z = gather_with_grad(z, self.ctx)
+            labels = gather_labels(labels, self.ctx)
         with torch.autocast(emb.device.type, enabled=False):
             l_dml = self.loss(emb.float(), labels)
             if self.zero_shot is None:
@@ -110,7 +125,7 @@ class TrainState:
         loss = build_loss(cfg.loss.name, num_classes=num_classes, embedding_dim=cfg.model.local_dim, **cfg.loss.kwargs)
         z = cfg.loss.zero_shot
         zs = ZeroShotLoss(num_classes, cfg.model.local_dim, ridge=z.ridge, scale=z.scale) if z.enabled else None
-        module = TrainModule(model, loss, zs, z.weight).to(ctx.device)
+        module = TrainModule(model, loss, zs, z.weight, ctx).to(ctx.device)
         optimizer = build_optimizer(cfg, module)
         scheduler = build_scheduler(cfg, optimizer, total_steps, len(sampler))
         dtype = resolve_precision(cfg.train.precision, ctx.device.type)

@@ -2,7 +2,8 @@
 resume, loop over epochs, final test), :func:`train_one_epoch` and :func:`validate`.
 
 ``train(cfg) -> RunResult`` trains one embedding model from a :class:`~gspdml.config.TrainConfig`:
-class-balanced batches (one sampler per rank under torchrun), the optimiser and schedule of
+class-balanced batches (under torchrun every rank takes its share of one global batch per step
+and the losses see the gathered global batch), the optimiser and schedule of
 :mod:`gspdml.engine.optim`, total loss ``(1 - lambda) L_DML + lambda L_ZS`` when
 ``loss.zero_shot.enabled``, autocast in ``train.precision`` (fp16 loss scaling on CUDA), optional
 gradient clipping, a frozen backbone for ``train.freeze_backbone_epochs``; validation MAP@R on the

@@ -56,6 +56,19 @@ def kcenter_greedy(points: Tensor, k: int) -> Tensor:
     return chosen
 
 
+def _gather_ranks(x: Tensor) -> Tensor:
+    """``x`` of every rank concatenated in rank order (no gradient); ``x`` itself without a process group."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    local = x.detach().contiguous()
+    if dist.get_backend() == "nccl" and local.device.type != "cuda":
+        local = local.cuda()
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    return torch.cat(parts).to(x.device)
+
+
 @POOLINGS.register("gsp")
 class GSP(Pooling):
     """Generalized Sum Pooling layer (Gurbuz et al.), solved exactly.
@@ -192,6 +205,10 @@ class GSP(Pooling):
 
     @torch.no_grad()
     def _remember(self, gap: Tensor) -> None:
+        """Add this step's GAP vectors to the k-center memory; under torch.distributed the vectors
+        of every rank (in rank order: the global batch), so every rank keeps the memory one process
+        on the global batch would keep."""
+        gap = _gather_ranks(gap)
         count = int(self.memory_count)
         take = min(gap.shape[0], self.memory_size - count)
         if take > 0:
