@@ -18,6 +18,8 @@
 #   gsp_fp32/bf16  gspdml bench gsp at the four shapes, maps and tokens, fp32 and bf16
 #   train_eager    gspdml bench train: BN-Inception, 227 px, batch 32, GAP vs GSP vs GSP+L_ZS
 #   train_compiled the same, eager and torch.compile-d side by side
+#   eval           gspdml bench eval: kNN metrics on the GPU (knn=auto) vs the CPU baselines, 60k x 128
+#                  self-retrieval and 5,000 queries against a 200,000 x 128 gallery
 # and writes ONE JSON, ${OUT:-bench_results}/gpu_check.json, and a summary gpu_check.md next to it
 # (the logs of every stage in gpu_check_logs/).
 set -u -o pipefail
@@ -201,6 +203,19 @@ from gspdml.cli import main; sys.exit(main(sys.argv[1:]))' bench gsp --repeats 1
     run_stage train_compiled 300 "$PY" -m gspdml.cli bench train "${TRAIN[@]}" --poolings gap gsp gsp+zs \
       "${COMPILED[@]}" --no-progress --json "$LOGS/train_compiled.json"
   fi
+
+  # bench eval: the retrieval metrics with knn=auto (faiss GPU or torch on CUDA) against the CPU
+  # baselines (PML stock + faiss-cpu, plain torch) in the same run
+  if ! has pytorch_metric_learning || ! has faiss; then
+    skip_stage eval "pytorch_metric_learning or faiss is missing; carry their wheels in .whl/"
+  elif [ "$MODE" = quick ]; then
+    run_stage eval 40 "$PY" -m gspdml.cli bench eval --quick --methods ours naive --gallery-methods ours naive \
+      --json "$LOGS/eval.json"
+  else
+    run_stage eval 90 "$PY" -m gspdml.cli bench eval --num 60000 --classes 11000 --gallery 200000 \
+      --gallery-queries 5000 --methods ours pml naive --gallery-methods ours ours_memmap naive \
+      --json "$LOGS/eval.json"
+  fi
 fi
 
 # --------------------------------------------------------------------------------------- summary
@@ -260,6 +275,7 @@ if xml.is_file():
 
 gsp = {p: load(f"gsp_{p}.json") for p in ("fp32", "bf16")}
 train = {m: load(f"train_{m}.json") for m in ("eager", "compiled")}
+bench_eval = load("eval.json")
 
 targets = []  # {"target", "value", "met"}
 for prec, res in gsp.items():
@@ -284,6 +300,7 @@ result = {
     "pytest_cuda": pytest,
     "bench_gsp": gsp,
     "bench_train": train,
+    "bench_eval": bench_eval,
     "targets": targets,
 }
 write_json(out_dir / "gpu_check.json", result)
@@ -328,6 +345,10 @@ for m, rows in train.items():
         md += ["", f"## bench train ({m} run): {status.get(f'train_{m}')}"]
         tail = "\n".join(log_text(f"train_{m}").splitlines()[-15:])
         md += ["", "```", tail, "```"] if tail else []
+if isinstance(bench_eval, dict) and bench_eval.get("cases"):
+    md += ["", f"## bench eval ({status.get('eval')})", "", "```", log_text("eval"), "```"]
+elif status.get("eval") not in (None, "ok"):
+    md += ["", f"## bench eval: {status.get('eval')}"]
 if targets:
     md += ["", "## Targets", ""]
     md += [f"- {t['target']}: {'met' if t['met'] else 'MISSED'}"

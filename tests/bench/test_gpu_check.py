@@ -26,7 +26,8 @@ def test_quick_mode_runs_every_stage_and_writes_one_json(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["mode"] == "quick" and result["budget_s"] == 240 and result["elapsed_s"] > 0
     status = {s["stage"]: s["status"] for s in result["stages"]}
-    assert list(status) == ["env", "pytest_cuda", "gsp_fp32", "gsp_bf16", "train_eager", "train_compiled"]
+    assert list(status) == ["env", "pytest_cuda", "gsp_fp32", "gsp_bf16", "train_eager", "train_compiled", "eval"]
+    assert status["eval"] == "ok"
     assert status["env"] == "ok" and status["gsp_fp32"] == "ok" and status["train_compiled"] == "ok"
     assert status["gsp_bf16"] in ("ok", "skipped")  # skipped while bench gsp has no --precision
     assert status["pytest_cuda"] in ("ok", "no tests")  # CUDA tests skip or are deselected on a CPU

@@ -119,12 +119,24 @@ def run_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- eval
 def add_arguments_eval(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num", type=int, default=60_000, help="number of embeddings (default 60,000)")
+    from gspdml.bench.evaluate import METHODS
+
+    parser.add_argument("--num", type=int, default=60_000, help="self-retrieval case: embeddings (default 60,000)")
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--classes", type=int, default=11_000, help="number of classes (default 11,000)")
-    parser.add_argument("--repeats", type=int, default=1, help="time the best of N runs")
+    parser.add_argument("--classes", type=int, default=11_000, help="self-retrieval case: classes (default 11,000)")
+    parser.add_argument("--gallery", type=int, default=1_000_000,
+                        help="gallery case: gallery size (default 1,000,000; 0 skips the case)")
+    parser.add_argument("--gallery-queries", type=int, default=10_000,
+                        help="gallery case: held-out queries searched against the gallery (default 10,000)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
+                        help=f"self case methods (default: all of {' '.join(METHODS)})")
+    parser.add_argument("--gallery-methods", nargs="+", default=["ours", "ours_memmap", "pml", "naive"],
+                        choices=METHODS, metavar="METHOD", help="gallery case methods (default: ours ours_memmap "
+                                                                "pml naive)")
+    parser.add_argument("--repeats", type=int, default=1, help="median of N runs, the methods interleaved")
     _add_threads_argument(parser, "torch/faiss threads (default: all)")
-    parser.add_argument("--quick", action="store_true", help="tiny version: 6,000 x 128, 1,100 classes")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny version: 6,000 x 128 in 1,100 classes, gallery 20,000 with 1,000 queries")
     parser.add_argument("--json", metavar="FILE", help="write the result as JSON")
 
 
@@ -132,8 +144,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from gspdml.bench.evaluate import bench_eval, report
 
     _set_threads(args.threads, faiss=True)
+    common.check_positive("--gallery-queries", args.gallery_queries)
+    if args.gallery < 0:
+        raise InputError(f"--gallery must be >= 0 (0 skips the gallery case), got {args.gallery}")
     num, classes = (6_000, 1_100) if args.quick else (args.num, args.classes)
-    res = bench_eval(num, args.dim, classes, repeats=args.repeats)
+    gallery, queries = (20_000, 1_000) if args.quick else (args.gallery or None, args.gallery_queries)
+    res = bench_eval(num, args.dim, classes, repeats=args.repeats, gallery=gallery, gallery_queries=queries,
+                     methods=tuple(args.methods), gallery_methods=tuple(args.gallery_methods))
     print(report(res))
     if args.json:
         _write_json(args.json, res)

@@ -21,19 +21,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_device_argument(parser)
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers (default: the config's data.num_workers)")
+    parser.add_argument("--knn", default="auto", choices=["auto", "torch", "faiss", "faiss-gpu"],
+                        help="exact kNN backend (default auto: faiss GPU, torch on CUDA, or the faster of torch "
+                             "and faiss-cpu on the CPU; the choice is logged)")
+    parser.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                        help="rows per query chunk and per gallery chunk of the kNN search (default: blocks of "
+                             "~256 MiB)")
+    parser.add_argument("--memmap", default=None, metavar="DIR",
+                        help="write the embeddings memory-mapped to a temporary folder under DIR (removed "
+                             "afterwards) and search them chunk by chunk: galleries larger than RAM")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
     common.add_progress_argument(parser)
 
 
 def evaluate_checkpoint(checkpoint, dataset=None, root=None, split=None, gallery_split=None, options=(),
-                        batch_size=None, device="auto", num_workers=None, progress=True, trust=False) -> dict:
+                        batch_size=None, device="auto", num_workers=None, progress=True, trust=False,
+                        knn="auto", chunk_size=None, memmap=None) -> dict:
     """Load a checkpoint, build the split(s) with the eval transform and return the metrics
-    (InputError for degenerate embeddings, CheckpointError for non-finite weights)."""
+    (InputError for degenerate embeddings, CheckpointError for non-finite weights). ``knn``,
+    ``chunk_size``, ``memmap``: see :func:`gspdml.engine.evaluate.evaluate_model` (``memmap_dir``)."""
     from gspdml.engine.checkpoint import load_model_from_checkpoint
     from gspdml.engine.evaluate import evaluate_model
 
     dev = common.resolve_device(device)
     common.check_positive("--batch-size", batch_size)
+    common.check_positive("--chunk-size", chunk_size)
     model, cfg, extra = load_model_from_checkpoint(checkpoint, trust=trust)
     cfg = common.eval_config(cfg, dataset, root, options)
     query, split = common.eval_dataset(cfg, split)
@@ -44,7 +56,7 @@ def evaluate_checkpoint(checkpoint, dataset=None, root=None, split=None, gallery
         model, query, gallery, batch_size=batch_size or cfg.eval.batch_size, recall_ks=cfg.eval.recall_ks,
         extra_metrics=cfg.eval.metrics,
         device=dev, progress=progress, num_workers=cfg.data.num_workers if num_workers is None else num_workers,
-        refuse_collapsed=True,
+        refuse_collapsed=True, knn=knn, chunk_size=chunk_size, memmap_dir=memmap,
     )
     return {"checkpoint": extra["path"], "dataset": cfg.data.dataset, "split": split,
             "gallery_split": gallery_split, "metrics": metrics}
@@ -54,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     out = evaluate_checkpoint(
         args.checkpoint, args.dataset, args.root, args.split, args.gallery_split, args.option,
         args.batch_size, args.device, args.num_workers, progress=not args.no_progress,
-        trust=getattr(args, "trust_checkpoint", False),
+        trust=getattr(args, "trust_checkpoint", False), knn=args.knn, chunk_size=args.chunk_size,
+        memmap=args.memmap,
     )
     where = out["split"] + (f" vs {out['gallery_split']}" if out["gallery_split"] else " (self-retrieval)")
     print(f"{out['dataset']} {where}  [{out['checkpoint']}]")

@@ -1,8 +1,10 @@
 """Retrieval metrics: MAP@R, R-Precision, P@1 (MLRC), Recall@K (conventional), and the NIR paper's
 NMI and mAP@1000.
 
-Computed with pytorch-metric-learning's :class:`AccuracyCalculator` and a faiss exact kNN search
-(L2 distance, which ranks like cosine similarity on L2-normalised embeddings). The number of
+Computed with pytorch-metric-learning's :class:`AccuracyCalculator` and the exact chunked kNN
+search of :mod:`gspdml.evaluation.knn` (L2 distance, which ranks like cosine similarity on
+L2-normalised embeddings; backend chosen automatically: faiss GPU, torch on CUDA, or the faster of
+torch and faiss-cpu on the CPU). The number of
 neighbours is the largest class size ("max_bin_count", as MLRC prescribes) or the largest K of
 Recall@K, whichever is larger, so MAP@R and R-Precision are exact.
 
@@ -145,11 +147,12 @@ def _calculator_class():
 
         def get_accuracy(self, query, query_labels, reference=None, reference_labels=None,
                          ref_includes_query=False, include=(), exclude=()):
+            # query / reference: tensors or (memory-mapped) arrays; only the kNN search reads them,
+            # in chunks (gspdml.evaluation.knn), so they are never copied whole.
             if reference is None:
                 reference, reference_labels, ref_includes_query = query, query_labels, True
-            query, reference = query.float().to(self.device), reference.float().to(self.device)
-            query_labels = query_labels.long().to(self.device)
-            reference_labels = reference_labels.long().to(self.device)
+            query_labels = torch.as_tensor(query_labels).long().to(self.device)
+            reference_labels = torch.as_tensor(reference_labels).long().to(self.device)
             self.curr_function_dict = self.get_function_dict(include, exclude)
             ref_uniq, ref_counts = torch.unique(reference_labels, return_counts=True)
             q_uniq = torch.unique(query_labels)
@@ -160,6 +163,7 @@ def _calculator_class():
             not_lone_query_mask = ~torch.isin(query_labels, lone)
             num_k = self.determine_k(match, len(reference), ref_includes_query)
             knn_distances, knn_indices = self.knn_func(query, num_k, reference, ref_includes_query)
+            knn_distances, knn_indices = knn_distances.to(self.device), knn_indices.to(self.device)
             kwargs = {
                 "query": query, "reference": reference, "query_labels": query_labels,
                 "reference_labels": reference_labels, "ref_includes_query": ref_includes_query,
@@ -172,9 +176,13 @@ def _calculator_class():
     return _RetrievalCalculator
 
 
-def RetrievalCalculator(recall_ks: Sequence[int] = (1, 2, 4, 8), device: str | torch.device = "cpu"):
-    """Build the PML calculator used by :func:`compute_retrieval_metrics` (faiss exact kNN)."""
-    from pytorch_metric_learning.utils.inference import FaissKNN
+def RetrievalCalculator(recall_ks: Sequence[int] = (1, 2, 4, 8), device: str | torch.device = "cpu", *,
+                        knn: str = "auto", knn_device: str | torch.device | None = None,
+                        query_chunk: int | None = None, gallery_chunk: int | None = None):
+    """Build the PML calculator used by :func:`compute_retrieval_metrics`: exact kNN by
+    :mod:`gspdml.evaluation.knn` (``knn``: ``auto``, ``torch``, ``faiss``, ``faiss-gpu``; chunk
+    sizes as :func:`~gspdml.evaluation.knn.knn_search`), label bookkeeping on ``device``."""
+    from gspdml.evaluation.knn import KNNFunc
 
     cls = _calculator_class()
     include = tuple(_PML_NAMES) + ("recall_at_k",)
@@ -183,13 +191,27 @@ def RetrievalCalculator(recall_ks: Sequence[int] = (1, 2, 4, 8), device: str | t
         include=include,
         k="max_bin_count",
         device=torch.device(device),
-        knn_func=FaissKNN(),
+        knn_func=KNNFunc(knn, knn_device, query_chunk=query_chunk, gallery_chunk=gallery_chunk),
     )
+
+
+def _check_array(x, name: str, chunk: int = 65_536) -> np.ndarray:
+    """Validate a (memory-mapped) numpy array of embeddings chunk by chunk, without copying it."""
+    if x.ndim != 2:
+        raise InputError(f"{name} must have shape (N, D), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError(f"{name} must hold floating-point embeddings, got dtype {x.dtype}")
+    for start in range(0, x.shape[0], chunk):
+        if not np.isfinite(x[start:start + chunk]).all():
+            raise InputError(f"{name} contains NaN or infinite values")
+    return x
 
 
 def _as_embeddings(x, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+        x = torch.from_numpy(x if x.flags.writeable else np.array(x))  # read-only memmaps: a copy
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     if x.ndim != 2:
@@ -322,6 +344,10 @@ def compute_retrieval_metrics(
     reference_labels=None,
     recall_ks: Iterable[int] = (1, 2, 4, 8),
     extra_metrics: Iterable[str] = (),
+    *,
+    knn: str = "auto",
+    knn_device: str | torch.device | None = None,
+    chunk_size: int | None = None,
 ) -> dict[str, float]:
     """Retrieval metrics of ``query`` against ``reference`` (or against itself, self excluded).
 
@@ -333,6 +359,11 @@ def compute_retrieval_metrics(
         recall_ks: the K of the ``recall_at_<k>`` entries.
         extra_metrics: any of ``"nmi"`` and ``"map_at_<K>"`` (e.g. ``"map_at_1000"``), the NIR
             paper's metrics (:func:`nmi_score`, :func:`map_at_k`), added under those names.
+        knn: the exact kNN backend, ``auto`` (default), ``torch``, ``faiss``, ``faiss-gpu``
+            (:mod:`gspdml.evaluation.knn`); ``knn_device``: the torch backend's device.
+        chunk_size: rows per query chunk and per gallery chunk of the kNN search (default: blocks
+            of ~256 MiB). A memory-mapped numpy array (``numpy.load(path, mmap_mode="r")``) as
+            ``query``/``reference`` is then read chunk by chunk, never whole (extra metrics excepted).
 
     Returns:
         ``{"map_at_r", "r_precision", "precision_at_1", "recall_at_<k>"..., extras...}`` as floats in [0, 1].
@@ -341,7 +372,7 @@ def compute_retrieval_metrics(
     if any(k < 1 for k in ks):
         raise InputError(f"recall_ks must be positive ints, got {ks}")
     extras = _parse_extra(extra_metrics)
-    q = _as_embeddings(query, "query")
+    q = _check_array(query, "query") if isinstance(query, np.memmap) else _as_embeddings(query, "query")
     ql = _as_labels(query_labels, len(q), "query_labels")
     if (reference is None) != (reference_labels is None):
         raise InputError("give both reference and reference_labels, or neither (self-retrieval)")
@@ -350,13 +381,15 @@ def compute_retrieval_metrics(
             raise InputError("self-retrieval needs at least 2 query embeddings")
         ref, rl = None, None
     else:
-        ref = _as_embeddings(reference, "reference")
+        ref = (_check_array(reference, "reference") if isinstance(reference, np.memmap)
+               else _as_embeddings(reference, "reference"))
         rl = _as_labels(reference_labels, len(ref), "reference_labels")
         if ref.shape[1] != q.shape[1]:
             raise InputError(
                 f"query and reference embeddings differ in dimension: {q.shape[1]} vs {ref.shape[1]}"
             )
-    calc = RetrievalCalculator(recall_ks=ks)
+    calc = RetrievalCalculator(recall_ks=ks, knn=knn, knn_device=knn_device, query_chunk=chunk_size,
+                               gallery_chunk=chunk_size)
     import logging
 
     pml_logger = logging.getLogger("PML")
@@ -369,6 +402,10 @@ def compute_retrieval_metrics(
     out = {ours: float(raw[pml]) for pml, ours in _PML_NAMES.items()}
     for k, v in raw["recall_at_k"].items():
         out[f"recall_at_{k}"] = float(v)
+    if extras and isinstance(q, np.memmap):  # the extra metrics need the embeddings in memory
+        q = _as_embeddings(q, "query")
+    if extras and isinstance(ref, np.memmap):
+        ref = _as_embeddings(ref, "reference")
     for name, k in extras:
         if k is not None:
             out[name] = map_at_k(q, ql, ref, rl, k=k)
