@@ -74,3 +74,31 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def digits_cli_spec(tmp_path, name: str = "digits", **sections) -> dict:
+    """A tiny Digits Collage config (shipped with the install) for CLI end-to-end tests: 2x2 grids,
+    a 3-block smallcnn, C1, 2 steps on the CPU. ``sections`` update its sections key by key
+    (``train={"max_steps": 5}``, ``loss={"name": "MS"}``, ``eval={"test_at_end": False}``)."""
+    spec = {
+        "name": name, "output_dir": str(tmp_path / "runs"),
+        "data": {"dataset": "digits_collage", "transform": "none", "normalization": "none",
+                 "classes_per_batch": 4, "samples_per_class": 2, "num_workers": 0,
+                 "options": {"grid": 2, "upsample": 1, "samples_per_class": 8}},
+        "model": {"backbone": "smallcnn", "backbone_kwargs": {"widths": [4, 4, 8]}, "local_dim": 8,
+                  "pooling": "gap", "freeze_bn": False},
+        "loss": {"name": "C1"},
+        "optim": {"lr": 1.0e-3},
+        "train": {"max_steps": 2, "device": "cpu", "plot": False, "log_every": 1},
+    }
+    for section, values in sections.items():
+        spec.setdefault(section, {}).update(values)
+    return spec
+
+
+def write_yaml(path, spec: dict):
+    """Write ``spec`` as YAML to ``path``; returns the path."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -4,27 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
+from engine_fixtures import digits_cli_spec, write_yaml
 from gspdml.cli import main
 
 
 def _digits_config(tmp_path):
-    cfg = {
-        "name": "digits_cli",
-        "output_dir": str(tmp_path / "runs"),
-        "data": {"dataset": "digits_collage", "transform": "none", "normalization": "none",
-                 "classes_per_batch": 4, "samples_per_class": 2, "num_workers": 0,
-                 "options": {"grid": 2, "upsample": 1, "samples_per_class": 8}},
-        "model": {"backbone": "smallcnn", "backbone_kwargs": {"widths": [4, 4, 8]}, "local_dim": 8,
-                  "pooling": "gap", "freeze_bn": False},
-        "loss": {"name": "C1"},
-        "optim": {"lr": 1.0e-3},
-        "train": {"max_steps": 2, "device": "cpu", "plot": False, "log_every": 1},
-    }
-    path = tmp_path / "digits.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_yaml(tmp_path / "digits.yaml", digits_cli_spec(tmp_path, "digits_cli"))
 
 
 def test_train_eval_protocol_commands(tmp_path, capsys):

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from engine_fixtures import Blobs, blob_datasets, single_thread, tiny_config  # noqa: F401
+from engine_fixtures import Blobs, blob_datasets, digits_cli_spec, single_thread, tiny_config, write_yaml  # noqa: F401
 from gspdml.cli import main
 from gspdml.engine.runs import RunFolderLocked, RunLock, new_run_dir
 from gspdml.engine.trainer import train
@@ -52,23 +51,14 @@ def test_failed_resume_leaves_the_folder_byte_identical(finished_run, tmp_path, 
 
 
 def test_failed_cli_resume_with_a_mismatched_config_leaves_the_folder_byte_identical(tmp_path, capsys):
-    spec = {"name": "digits", "output_dir": str(tmp_path / "runs"),
-            "data": {"dataset": "digits_collage", "transform": "none", "normalization": "none",
-                     "classes_per_batch": 4, "samples_per_class": 2, "num_workers": 0,
-                     "options": {"grid": 2, "upsample": 1, "samples_per_class": 8}},
-            "model": {"backbone": "smallcnn", "backbone_kwargs": {"widths": [4, 4, 8]}, "local_dim": 8,
-                      "pooling": "gap", "freeze_bn": False},
-            "loss": {"name": "C1"},
-            "train": {"max_steps": 2, "device": "cpu", "plot": False},
-            "eval": {"test_at_end": False}}
-    good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(spec))
+    spec = digits_cli_spec(tmp_path, eval={"test_at_end": False})
+    del spec["optim"], spec["train"]["log_every"]  # the config this test was written with
+    good = write_yaml(tmp_path / "good.yaml", spec)
     assert main(["train", "-c", str(good), "--no-progress"]) == 0
     run = tmp_path / "runs" / "digits"
     before = _hashes(run)
     spec["model"]["local_dim"] = 16
-    other = tmp_path / "other.yaml"
-    other.write_text(yaml.safe_dump(spec))
+    other = write_yaml(tmp_path / "other.yaml", spec)
     capsys.readouterr()
     assert main(["train", "-c", str(other), "--resume", str(run), "--no-progress"]) == 2
     assert "does not match" in capsys.readouterr().err

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from engine_fixtures import blob_datasets, single_thread, tiny_config  # noqa: F401
+from engine_fixtures import blob_datasets, digits_cli_spec, single_thread, tiny_config, write_yaml  # noqa: F401
 from gspdml.cli import main
 from gspdml.config import load_config, shipped_configs
 from gspdml.engine.checkpoint import load_checkpoint
@@ -28,22 +27,10 @@ MAX_STEPS = 40
 def _tiny_cli_config(tmp_path: Path) -> Path:
     """Digits Collage (shipped with the install), the shipped small configs' checkpoint setting
     (``checkpoint_every_steps: 0``), one DataLoader worker (a terminal's Ctrl-C reaches it too)."""
-    spec = {
-        "name": "tiny_cli", "output_dir": str(tmp_path / "runs"),
-        "data": {"dataset": "digits_collage", "transform": "none", "normalization": "none",
-                 "classes_per_batch": 4, "samples_per_class": 2, "num_workers": 1,
-                 "options": {"grid": 2, "upsample": 1, "samples_per_class": 8}},
-        "model": {"backbone": "smallcnn", "backbone_kwargs": {"widths": [4, 4, 8]}, "local_dim": 8,
-                  "pooling": "gap", "freeze_bn": False},
-        "loss": {"name": "MS"},
-        "optim": {"lr": 1.0e-3},
-        "train": {"max_steps": MAX_STEPS, "device": "cpu", "plot": False, "log_every": 1,
-                  "checkpoint_every_steps": 0, "eval_every_steps": 0},
-        "eval": {"test_at_end": False},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    spec = digits_cli_spec(tmp_path, "tiny_cli", data={"num_workers": 1}, loss={"name": "MS"},
+                           train={"max_steps": MAX_STEPS, "checkpoint_every_steps": 0, "eval_every_steps": 0},
+                           eval={"test_at_end": False})
+    return write_yaml(tmp_path / "tiny.yaml", spec)
 
 
 def _model_params(run: Path) -> dict:

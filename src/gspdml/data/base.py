@@ -14,6 +14,7 @@ once and leaves the unreadable ones out, reporting how many (never silently).
 """
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -95,7 +96,7 @@ def read_lines(path: str, dataset: str) -> list[str]:
         raise DataError(f"metadata file {path!r} of dataset {dataset!r} is not UTF-8 text: {exc}") from None
 
 
-class LabeledDataset(Dataset):
+class LabeledDataset(Dataset, abc.ABC):
     """Base class: ``labels`` (0..C-1), ``raw_labels``, ``classes``, ``class_names``, ``num_classes``.
 
     ``dataset[i]`` is ``(transform(load(i)), labels[i])``; a subclass implements :meth:`load`.
@@ -123,9 +124,9 @@ class LabeledDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @abc.abstractmethod
     def load(self, index: int) -> Any:
         """The raw input of sample ``index`` (before ``transform``); subclasses implement it."""
-        raise NotImplementedError
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         x = self.load(index)
