@@ -48,3 +48,20 @@ def test_commands_report_user_errors(tmp_path, capsys):
     assert main(["train", "--config", str(path), "data.dataset=imagenet"]) == 2
     err = capsys.readouterr().err
     assert "imagenet" in err and "cub" in err  # unknown dataset lists the choices
+
+
+def test_eval_precision(tmp_path, capsys):
+    """--precision bf16 evaluates with bfloat16 autocast on the CPU (close to fp32); fp16 on the CPU is refused."""
+    path = _digits_config(tmp_path)
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    run = tmp_path / "runs" / "digits_cli"
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.json"
+        assert main(["eval", "--checkpoint", str(run), "--device", "cpu", "--no-progress", "--precision", precision,
+                     "--json", str(out)]) == 0
+        outs[precision] = json.loads(out.read_text())["metrics"]
+    assert outs["bf16"]["map_at_r"] == pytest.approx(outs["fp32"]["map_at_r"], abs=0.05)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--device", "cpu", "--precision", "fp16", "--no-progress"]) == 2
+    assert "fp16 needs CUDA" in capsys.readouterr().err

@@ -30,20 +30,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memmap", default=None, metavar="DIR",
                         help="write the embeddings memory-mapped to a temporary folder under DIR (removed "
                              "afterwards) and search them chunk by chunk: galleries larger than RAM")
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="autocast precision of the embedding pass (default fp32; bf16 on CPU and CUDA, fp16 "
+                             "on CUDA only; auto = fp16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
     common.add_progress_argument(parser)
 
 
 def evaluate_checkpoint(checkpoint, dataset=None, root=None, split=None, gallery_split=None, options=(),
                         batch_size=None, device="auto", num_workers=None, progress=True, trust=False,
-                        knn="auto", chunk_size=None, memmap=None) -> dict:
+                        knn="auto", chunk_size=None, memmap=None, precision="fp32") -> dict:
     """Load a checkpoint, build the split(s) with the eval transform and return the metrics
     (InputError for degenerate embeddings, CheckpointError for non-finite weights). ``knn``,
     ``chunk_size``, ``memmap``: see :func:`gspdml.engine.evaluate.evaluate_model` (``memmap_dir``)."""
     from gspdml.engine.checkpoint import load_model_from_checkpoint
     from gspdml.engine.evaluate import evaluate_model
 
+    from gspdml.config import resolve_precision
+
     dev = common.resolve_device(device)
+    precision = resolve_precision(precision, dev.type)  # fp16 on the CPU: a clear error before any work
     common.check_positive("--batch-size", batch_size)
     common.check_positive("--chunk-size", chunk_size)
     model, cfg, extra = load_model_from_checkpoint(checkpoint, trust=trust)
@@ -56,7 +62,7 @@ def evaluate_checkpoint(checkpoint, dataset=None, root=None, split=None, gallery
         model, query, gallery, batch_size=batch_size or cfg.eval.batch_size, recall_ks=cfg.eval.recall_ks,
         extra_metrics=cfg.eval.metrics,
         device=dev, progress=progress, num_workers=cfg.data.num_workers if num_workers is None else num_workers,
-        refuse_collapsed=True, knn=knn, chunk_size=chunk_size, memmap_dir=memmap,
+        refuse_collapsed=True, knn=knn, chunk_size=chunk_size, memmap_dir=memmap, precision=precision,
     )
     return {"checkpoint": extra["path"], "dataset": cfg.data.dataset, "split": split,
             "gallery_split": gallery_split, "metrics": metrics}
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.dataset, args.root, args.split, args.gallery_split, args.option,
         args.batch_size, args.device, args.num_workers, progress=not args.no_progress,
         trust=getattr(args, "trust_checkpoint", False), knn=args.knn, chunk_size=args.chunk_size,
-        memmap=args.memmap,
+        memmap=args.memmap, precision=args.precision,
     )
     where = out["split"] + (f" vs {out['gallery_split']}" if out["gallery_split"] else " (self-retrieval)")
     print(f"{out['dataset']} {where}  [{out['checkpoint']}]")
