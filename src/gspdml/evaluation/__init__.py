@@ -8,6 +8,10 @@ _EXPORTS = {
     'map_at_k': 'gspdml.evaluation.metrics',
     'concat_embeddings': 'gspdml.evaluation.mlrc',
     'summarize': 'gspdml.evaluation.mlrc',
+    'collection_metrics': 'gspdml.evaluation.mlrc',
+    'collection_choices': 'gspdml.evaluation.mlrc',
+    'collection_dim128': 'gspdml.evaluation.mlrc',
+    'collection_dim512': 'gspdml.evaluation.mlrc',
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

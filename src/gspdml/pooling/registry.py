@@ -25,6 +25,17 @@ from torch import nn
 
 # the built-in poolings: importing a module registers its names
 from gspdml.pooling import attention, delf, gap, gap_gmp, gem, gmp, gsp, gsp_combinations, lse  # noqa: F401
+from gspdml.pooling import crow  # noqa: F401
+from gspdml.pooling import gem_channel  # noqa: F401
+from gspdml.pooling import gmaxp  # noqa: F401
+from gspdml.pooling import gsop  # noqa: F401
+from gspdml.pooling import netvlad  # noqa: F401
+from gspdml.pooling import weldon  # noqa: F401
+from gspdml.pooling import cbam  # noqa: F401
+from gspdml.pooling import nap  # noqa: F401
+from gspdml.pooling import otp  # noqa: F401
+from gspdml.pooling import soap  # noqa: F401
+from gspdml.pooling import meta_global  # noqa: F401
 from gspdml.pooling.base import POOLINGS
 
 __all__ = ["POOLINGS", "build_pooling"]
