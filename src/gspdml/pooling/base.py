@@ -197,9 +197,14 @@ class Pooling(nn.Module, abc.ABC):
     def pool(self, feats: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         """Pool (B, n, C) features (+ (B, n) mask) into ``(pooled (B, C), weights (B, n), marginals or None)``."""
 
+    def pool_spatial(self, feats: Tensor, mask: Optional[Tensor], spatial: Optional[tuple]):
+        """:meth:`pool` with the map's ``(H, W)`` (``None`` for token sets): poolings that need the
+        spatial layout (CBAM's spatial attention, NAP's neighbourhood smoothing) override this."""
+        return self.pool(feats, mask)
+
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, return_details: bool = False):
         feats, mask, spatial = self.flatten(x, mask)
-        pooled, weights, marginals = self.pool(feats, mask)
+        pooled, weights, marginals = self.pool_spatial(feats, mask, spatial)
         if not return_details:
             return pooled
         return pooled, {"weights": weights.reshape(self.spatial_shape(feats, spatial)), "marginals": marginals}

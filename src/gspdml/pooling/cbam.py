@@ -68,7 +68,7 @@ class CBAMPooling(Pooling):
             s = s * mask.to(s.dtype)
         return channel, s, g
 
-    def _pool(self, feats, mask, spatial):
+    def pool_spatial(self, feats, mask, spatial):
         _, s, g = self._attention(feats, mask, spatial)
         pooled = masked_mean(g * s.unsqueeze(-1), mask)
         if self.transform is not None:
@@ -77,20 +77,13 @@ class CBAMPooling(Pooling):
         return pooled, weights, None
 
     def pool(self, feats, mask):
-        return self._pool(feats, mask, None)
+        return self.pool_spatial(feats, mask, None)
 
     def attention_maps(self, x: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """CBAM's attention of input ``x``: channel (B, C) and spatial ((B, H, W) or (B, N))."""
         feats, mask, spatial = self.flatten(x, mask)
         channel, s, _ = self._attention(feats, mask, spatial)
         return channel, s.reshape(self.spatial_shape(feats, spatial))
-
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None, return_details: bool = False):
-        feats, mask, spatial = self.flatten(x, mask)
-        pooled, weights, marginals = self._pool(feats, mask, spatial)
-        if not return_details:
-            return pooled
-        return pooled, {"weights": weights.reshape(self.spatial_shape(feats, spatial)), "marginals": marginals}
 
     def extra_repr(self) -> str:
         return (

@@ -12,11 +12,12 @@ from gspdml.pooling.base import POOLINGS, Pooling, masked_mean
 __all__ = ["GeM", "generalized_mean", "channel_shares", "learnable_exponent"]
 
 
-def learnable_exponent(p: float, learn_p: bool, where: str) -> nn.Parameter:
-    """GeM's exponent ``p > 0`` as a scalar parameter (trained when ``learn_p``)."""
-    if p <= 0:
+def learnable_exponent(p: float, learn_p: bool, where: str, shape: tuple[int, ...] = ()) -> nn.Parameter:
+    """GeM's exponent ``p > 0`` as a parameter of ``shape`` (a scalar by default; ``(C,)`` for one
+    exponent per channel), trained when ``learn_p``."""
+    if not p > 0:
         raise InputError(f"{where}: p must be > 0, got {p}")
-    return nn.Parameter(torch.tensor(float(p)), requires_grad=learn_p)
+    return nn.Parameter(torch.full(shape, float(p)), requires_grad=learn_p)
 
 
 def channel_shares(scores: Tensor, mask: Optional[Tensor]) -> Tensor:

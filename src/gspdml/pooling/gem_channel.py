@@ -1,12 +1,9 @@
 """Per-channel generalised mean (GeM) pooling: one learnable exponent per channel."""
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from gspdml.errors import InputError
 from gspdml.pooling.base import POOLINGS, Pooling
-from gspdml.pooling.gem import generalized_mean
+from gspdml.pooling.gem import generalized_mean, learnable_exponent
 
 __all__ = ["ChannelGeM"]
 
@@ -24,11 +21,9 @@ class ChannelGeM(Pooling):
 
     def __init__(self, dim: int, p: float = 3.0, clamp_eps: float = 1e-6, learn_p: bool = True) -> None:
         super().__init__(dim)
-        if not p > 0:
-            raise InputError(f"gem_channel pooling: p must be > 0, got {p}")
+        self.p = learnable_exponent(p, learn_p, self.where, shape=(dim,))
         if not clamp_eps > 0:
             raise InputError(f"gem_channel pooling: clamp_eps must be > 0, got {clamp_eps}")
-        self.p = nn.Parameter(torch.full((dim,), float(p)), requires_grad=learn_p)
         self.clamp_eps = clamp_eps
 
     def pool(self, feats, mask):

@@ -49,7 +49,7 @@ class NormAttentionPooling(Pooling):
         smoothed = total / count.clamp_min(torch.finfo(feats.dtype).tiny)
         return smoothed.flatten(2).transpose(1, 2)
 
-    def _pool(self, feats, mask, spatial):
+    def pool_spatial(self, feats, mask, spatial):
         a = feats.detach().norm(dim=2)  # zero at masked positions
         t = self.transform(self._smooth(feats, mask, spatial))
         pooled = (a.unsqueeze(-1) * t).sum(dim=1) / real_count(feats, mask)
@@ -57,14 +57,7 @@ class NormAttentionPooling(Pooling):
         return pooled, weights, None
 
     def pool(self, feats, mask):
-        return self._pool(feats, mask, None)
-
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None, return_details: bool = False):
-        feats, mask, spatial = self.flatten(x, mask)
-        pooled, weights, marginals = self._pool(feats, mask, spatial)
-        if not return_details:
-            return pooled
-        return pooled, {"weights": weights.reshape(self.spatial_shape(feats, spatial)), "marginals": marginals}
+        return self.pool_spatial(feats, mask, None)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, pool_size={self.pool_size}"
