@@ -43,8 +43,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
     positions ``[r*(P/W)*K, (r+1)*(P/W)*K)``. Concatenating the ranks' batches in rank order gives
     the global batch, which the training module rebuilds by all-gathering; every rank yields the
     same number of batches (the number of global batches). P must be divisible by W
-    (ConfigError otherwise). ``drop_last`` is accepted for the ``DistributedSampler``-style call:
-    the plan holds only full batches, so nothing is ever dropped or padded.
+    (ConfigError otherwise). The plan holds only full batches: nothing is ever padded.
 
     Resuming: ``state_dict()`` records the epoch and how many batches were produced in it;
     ``load_state_dict`` makes the next ``iter`` continue with exactly the next batch. Under a
@@ -55,7 +54,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, labels: Sequence[int] | np.ndarray, classes_per_batch: int = 8, samples_per_class: int = 4,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True) -> None:
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or labels.size == 0:
             raise InputError(f"labels must be a non-empty 1-D sequence, got shape {labels.shape}")
@@ -83,7 +82,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         counts = np.bincount(inverse, minlength=len(self.classes))
         self._members = np.split(order, np.cumsum(counts)[:-1])
         self.P, self.K = int(classes_per_batch), int(samples_per_class)
-        self.seed, self.rank, self.world_size, self.drop_last = int(seed), int(rank), int(world_size), bool(drop_last)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.epoch = 0
         self.position = 0
         self._plan_cache: tuple[int, np.ndarray] | None = None
