@@ -102,3 +102,12 @@ def write_yaml(path, spec: dict):
 
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for a local process group)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

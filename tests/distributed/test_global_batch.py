@@ -8,7 +8,6 @@ All scenarios run in one pair of processes (one process group) to keep the file 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine_fixtures import Blobs, single_thread, tiny_config  # noqa: F401
+from engine_fixtures import Blobs, free_port, single_thread, tiny_config  # noqa: F401
 
 WORLD = 2
 BASE = ["optim.name=sgd", "optim.momentum=0.0", "optim.weight_decay=0.0", "optim.lr=0.05", "model.freeze_bn=true",
@@ -34,12 +33,6 @@ SCENARIOS = {
                 "model.pooling_kwargs={num_prototypes: 4, mu: 0.5, eps: 5.0, init: kcenter, memory_size: 16}"],
 }
 RESUME = ["loss.name=XBM", "loss.kwargs={warmup_iters: 1, memory_size: 30}", "train.max_steps=4"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cfg, datasets, **kw) -> dict:
@@ -94,7 +87,7 @@ def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     import torch._dynamo  # noqa: F401  (imported once here; the forked children inherit it)
     import gspdml.engine.trainer, gspdml.losses.builtin, gspdml.models.embedding  # noqa: F401, E401
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True, start_method="fork")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +12,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine_fixtures import Blobs, single_thread, tiny_config  # noqa: F401
+from engine_fixtures import Blobs, free_port, single_thread, tiny_config  # noqa: F401
 
 PROTOCOL = ["name=proto", "train.max_steps=2", "train.eval_every_steps=1", "optim.name=sgd", "optim.momentum=0.0",
             "optim.lr=0.05", "model.freeze_bn=true"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _protocol_worker(rank: int, port: int, out: str) -> None:
@@ -41,7 +34,7 @@ def _protocol_worker(rank: int, port: int, out: str) -> None:
 def test_protocol_under_ddp_runs_every_fold_on_every_rank(tmp_path):
     import torch._dynamo  # noqa: F401  (imported once; the forked children inherit it)
     import gspdml.engine.protocol, gspdml.losses.builtin, gspdml.models.embedding  # noqa: F401, E401
-    mp.start_processes(_protocol_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_protocol_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert r0["per_fold"] == r1["per_fold"] and r0["dim512"] == r1["dim512"]
     out = tmp_path / "proto"
@@ -84,7 +77,7 @@ def test_multi_node_torchrun_on_localhost(tmp_path):
     out = tmp_path / "runs"
     config = tmp_path / "mn.yaml"
     save_config(load_config(None, [*TOKENS, f"output_dir={out}"]), config)
-    port = _free_port()
+    port = free_port()
     nodes = [_torchrun(i, port, config) for i in range(2)]
     outputs = []
     for p in nodes:

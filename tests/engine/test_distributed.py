@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -10,16 +9,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine_fixtures import Blobs, single_thread, tiny_config  # noqa: F401
+from engine_fixtures import Blobs, free_port, single_thread, tiny_config  # noqa: F401
 
 DDP_OVERRIDES = ["optim.name=sgd", "optim.momentum=0.0", "optim.weight_decay=0.0", "optim.lr=0.05",
                  "model.freeze_bn=true", "train.max_steps=2", "train.checkpoint_every_steps=0"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -43,7 +36,7 @@ def test_ddp_two_cpu_processes_match_one_process_on_the_global_batch(tmp_path):
     import gspdml.data.samplers, gspdml.engine.trainer, gspdml.evaluation.metrics  # noqa: F401, E401
     import gspdml.losses.builtin, gspdml.models.embedding  # noqa: F401, E401
     # fork: the children inherit the imported modules (spawn would re-import torch in each)
-    mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True,
+    mp.start_processes(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True,
                        start_method="fork")
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
