@@ -66,7 +66,8 @@ def tune_glibc_malloc() -> bool:
         return False
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so a wall-clock timing covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -185,10 +186,10 @@ def _time(steps: dict, device, repeats: int) -> tuple[dict, dict]:
     cpu = {k: [] for k in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            _sync(device)
+            sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             step()
-            _sync(device)
+            sync(device)
             wall[name].append((time.perf_counter() - t0) * 1e3)
             cpu[name].append((time.process_time() - c0) * 1e3)
     return ({k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()})

@@ -20,16 +20,13 @@ import time
 
 import torch
 
+from gspdml.bench.gsp import sync
+
 __all__ = ["bench_train", "report", "POOLING_SETUPS", "GSP_KWARGS"]
 
 GSP_KWARGS = {"num_prototypes": 64, "mu": 0.3, "eps": 5.0, "solver": "exact"}
 #: benchmark pooling name -> (model pooling, with L_ZS)
 POOLING_SETUPS = {"gap": ("gap", False), "gsp": ("gsp", False), "gsp+zs": ("gsp", True)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -111,7 +108,7 @@ def bench_train(backbones=("bninception", "resnet50"), poolings=("gap", "gsp"), 
 
         def step(key) -> float:
             module, opt, scaler = setups[key]
-            _sync(dev)
+            sync(dev)
             t0 = time.perf_counter()
             with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 total, _ = module(x, None, y)
@@ -119,7 +116,7 @@ def bench_train(backbones=("bninception", "resnet50"), poolings=("gap", "gsp"), 
             scaler.scale(total).backward()
             scaler.step(opt)
             scaler.update()
-            _sync(dev)
+            sync(dev)
             return time.perf_counter() - t0
 
         keys = list(setups)
