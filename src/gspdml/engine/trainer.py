@@ -30,155 +30,31 @@ is never overwritten with the bad state.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from gspdml.config import TrainConfig, config_from_dict
-from gspdml.data.splits import relabeled
 from gspdml.data.batches import move_input, split_batch
-from gspdml.engine.checkpoint import (find_non_finite, load_checkpoint, load_resume_checkpoint, resolve_checkpoint,
-                                      run_dir_of, save_checkpoint, seed_everything)
+from gspdml.data.splits import relabeled
+from gspdml.engine.checkpoint import load_checkpoint, load_resume_checkpoint, resolve_checkpoint, run_dir_of, seed_everything
+from gspdml.engine.context import RunContext, ignore_stop_signals, new_window
 from gspdml.engine.datasets import build_datasets, build_sampler, worker_error_message
 from gspdml.engine.distributed import DistContext, cleanup, init_from_env
-from gspdml.engine.evaluate import evaluate_model
-from gspdml.engine.runs import (LOGGER_NAME, Interrupted, RunFolder, RunLock, RunResult, TrainingDiverged, new_run_dir,
-                                resume_command)
+from gspdml.engine.runs import LOGGER_NAME, Interrupted, RunFolder, RunLock, RunResult, new_run_dir
 from gspdml.engine.state import TrainState
 from gspdml.errors import CheckpointError, GspdmlError, InputError
 
 __all__ = ["train", "train_one_epoch", "validate"]
 
 logger = logging.getLogger(LOGGER_NAME)
-
-
-def _window() -> dict:
-    """Loss sums and image count since the last logged row."""
-    return {"loss": 0.0, "loss_dml": 0.0, "loss_zs": 0.0, "n": 0, "images": 0, "t0": time.perf_counter()}
-
-
-class _StopSignal:
-    """SIGINT / SIGTERM while the loop runs: remember the signal, stop after the current step.
-    A second signal stops at once (KeyboardInterrupt). Installed only from the main thread."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process (which finishes the step and
-    shuts them down); a terminal's Ctrl-C reaches the whole process group."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-@dataclass
-class _Run:
-    """What stays fixed while one run trains (torchvision's ``args``), plus the logging window."""
-
-    cfg: TrainConfig
-    ctx: DistContext
-    folder: RunFolder
-    train_set: Dataset
-    val_set: Dataset | None
-    """``None`` when there is nothing to validate on or ``train.eval_every_steps`` is 0."""
-    forward: nn.Module
-    """The TrainModule, wrapped in DistributedDataParallel under torchrun."""
-    progress: bool
-    callback: Callable[[dict], bool | None] | None
-    max_steps: float
-    bar: Any
-    stop: _StopSignal = field(default_factory=_StopSignal)
-    last_good: tuple[Path, int] | None = None
-    """The last ``last.pt`` known to be good and its step (written here, or resumed from)."""
-    window: dict = field(default_factory=_window)
-
-    def evaluate(self, state: TrainState, query: Dataset, gallery: Dataset | None, desc: str) -> dict:
-        c = self.cfg
-        return evaluate_model(state.model, query, gallery, batch_size=c.eval.batch_size, recall_ks=c.eval.recall_ks,
-                              extra_metrics=c.eval.metrics,
-                              device=self.ctx.device, progress=self.progress, num_workers=c.data.num_workers,
-                              precision=state.autocast_dtype, ctx=self.ctx, desc=desc)
-
-    def save(self, state: TrainState, best: bool = False) -> Path | None:
-        """Write ``last.pt`` (every rank must call: the RNG states are gathered) or ``best.pt``;
-        returns the file written (``None`` when this run writes no checkpoint). A state with a
-        NaN or infinite tensor is never written: TrainingDiverged."""
-        writes = self.ctx.is_main and self.cfg.train.save_checkpoints and self.folder.checkpoints is not None
-        if best and not writes:
-            return None
-        ckpt = state.state_dict(best=best)
-        name = "best.pt" if best else "last.pt"
-        bad = find_non_finite(ckpt)
-        if bad is not None:
-            raise self.diverged(state.step, f"the state to checkpoint in {name} holds NaN or infinite values ({bad})")
-        if not writes:
-            return None
-        path = save_checkpoint(ckpt, self.folder.checkpoints / name, check_finite=False)
-        if not best:
-            self.last_good = (path, state.step)
-        return path
-
-    def diverged(self, step: int, reason: str) -> TrainingDiverged:
-        """The error that stops a run at ``step`` for ``reason``, naming the last good checkpoint."""
-        if self.last_good is not None:
-            path, good = self.last_good
-            where = (f"the last good checkpoint is {path} (step {good}), kept as it was; continue from it with "
-                     f"`{resume_command(run_dir_of(path))} optim.lr=<lower>`")
-        else:
-            where = "no checkpoint had been written yet"
-        return TrainingDiverged(f"training stopped at step {step}: {reason}; {where}. Lower optim.lr or set "
-                                "train.grad_clip")
-
-    def stop_requested(self) -> bool:
-        """A stop signal arrived (on any rank under torchrun)."""
-        flag = self.stop.signum
-        if not self.ctx.enabled:
-            return flag is not None
-        import torch.distributed as dist
-
-        t = torch.tensor([flag or 0], device=self.ctx.device if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        if self.stop.signum is None and int(t.item()):
-            self.stop.signum = int(t.item())
-        return bool(int(t.item()))
-
-    def interrupt(self, state: TrainState) -> Interrupted:
-        """Write ``last.pt`` for the stop signal and return the Interrupted to raise."""
-        path = self.save(state)
-        exc = Interrupted(self.stop.signum or signal.SIGINT, state.step, path, self.folder.path)
-        self.folder.record(logging.WARNING, str(exc).replace("\n", "; "))
-        return exc
 
 
 def train(
@@ -328,8 +204,8 @@ def _loop(cfg, ctx, progress, callback, folder, data, train_set, sampler, total_
 
     bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.name}", disable=not progress,
                unit="step", dynamic_ncols=True)
-    run = _Run(cfg, ctx, folder, train_set, data.get("val") if t.eval_every_steps != 0 else None, forward,
-               progress, callback, t.max_steps if t.max_steps is not None else math.inf, bar)
+    run = RunContext(cfg, ctx, folder, train_set, data.get("val") if t.eval_every_steps != 0 else None, forward,
+                     progress, callback, t.max_steps if t.max_steps is not None else math.inf, bar)
     if ckpt is not None:
         run.last_good = (Path(ckpt["path"]), int(ckpt["step"]))
     finished = state.step >= run.max_steps or state.stopped_early
@@ -356,7 +232,7 @@ def _loop(cfg, ctx, progress, callback, folder, data, train_set, sampler, total_
     return _finish(state, run, data.get("test"), data.get("gallery"))
 
 
-def train_one_epoch(state: TrainState, run: _Run) -> bool:
+def train_one_epoch(state: TrainState, run: RunContext) -> bool:
     """Train on epoch ``state.epoch`` (the rest of it after a mid-epoch resume): optimiser steps,
     logged rows, step-wise validation and checkpoints, then the end-of-epoch validation. The
     backbone is frozen in the first ``train.freeze_backbone_epochs`` epochs.
@@ -377,7 +253,7 @@ def train_one_epoch(state: TrainState, run: _Run) -> bool:
     workers = run.cfg.data.num_workers
     loader = DataLoader(run.train_set, batch_sampler=sampler, num_workers=workers,
                         pin_memory=run.ctx.device.type == "cuda", generator=gen,
-                        worker_init_fn=_ignore_stop_signals if workers > 0 else None)
+                        worker_init_fn=ignore_stop_signals if workers > 0 else None)
     finished = False
     for batch in loader:
         loss, parts, images = _optimizer_step(state, run, batch)
@@ -411,7 +287,7 @@ def _grad_norm(state: TrainState, clip: float | None) -> float:
     return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
 
-def _optimizer_step(state: TrainState, run: _Run, batch) -> tuple[float, dict, int]:
+def _optimizer_step(state: TrainState, run: RunContext, batch) -> tuple[float, dict, int]:
     """Forward, backward and one optimiser + schedule step; returns (loss, loss parts, batch size).
 
     Before the update is applied the loss (finite, below the divergence threshold) and, with
@@ -454,7 +330,7 @@ def _optimizer_step(state: TrainState, run: _Run, batch) -> tuple[float, dict, i
     return value, {k: float(v) for k, v in parts.items()}, int(y.shape[0])
 
 
-def _log_step(state: TrainState, run: _Run, loss: float, parts: dict, images: int, epoch_len: int) -> None:
+def _log_step(state: TrainState, run: RunContext, loss: float, parts: dict, images: int, epoch_len: int) -> None:
     """Progress bar; every ``train.log_every`` steps (and at the end of an epoch or of training)
     a history row with the window's mean losses, the lr and the throughput."""
     w = run.window
@@ -475,10 +351,10 @@ def _log_step(state: TrainState, run: _Run, loss: float, parts: dict, images: in
             row["loss_zs"] = w["loss_zs"] / w["n"]
         state.history.append(row)
         logger.info("step %d epoch %d loss %.5f lr %.3g %.1f img/s", state.step, state.epoch, row["loss"], row["lr"], ips)
-        run.window = _window()
+        run.window = new_window()
 
 
-def validate(state: TrainState, run: _Run) -> bool:
+def validate(state: TrainState, run: RunContext) -> bool:
     """Validation metrics of the current model as a history row; a new best MAP@R keeps the
     weights (and writes ``best.pt``), otherwise the patience count grows.
 
@@ -493,7 +369,7 @@ def validate(state: TrainState, run: _Run) -> bool:
     return patience is not None and state.bad_evals >= patience
 
 
-def _finish(state: TrainState, run: _Run, test_set: Dataset | None, gallery_set: Dataset | None) -> RunResult:
+def _finish(state: TrainState, run: RunContext, test_set: Dataset | None, gallery_set: Dataset | None) -> RunResult:
     """Final test (best-validation weights when ``eval.use_best``), ``metrics.json``/``.csv``, curves."""
     cfg = run.cfg
     if cfg.eval.use_best and state.best_weights is not None:
