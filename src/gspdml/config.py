@@ -70,6 +70,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "step", "multistep")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PROJECTIONS = ("auto", "before", "after")
+FEATURE_NORMS = ("none", "layernorm")
 
 #: losses that compare samples of a batch with each other: they need positives (two samples of a
 #: class) and negatives (two classes) in every batch (XBM: its batch loss during the warm-up)
@@ -133,6 +135,14 @@ class ModelConfig:
     pooling_kwargs: dict = field(default_factory=dict)
     freeze_bn: bool = True
     """Freeze BN running statistics (affine parameters still train), as MLRC does."""
+    projection: str = "auto"
+    """Where the projection to ``local_dim`` sits: ``before`` the pooling (1x1 conv without bias on
+    the backbone map, then pool: the GSP paper's head), ``after`` it (pool the backbone map, then a
+    linear layer: the authors' baseline heads), or ``auto`` (the authors' framework: ``before`` for
+    the GSP family, ``after`` for every other pooling)."""
+    feature_norm: str = "none"
+    """``layernorm``: LayerNorm (no affine parameters) on the pooled backbone features before the
+    projection (ProxyNCA++); needs the projection ``after`` the pooling. ``none``: no such norm."""
 
 
 @dataclass
@@ -199,6 +209,9 @@ class LoopConfig:
     (float16 autocast with a gradient scaler; CUDA only). See :func:`resolve_precision`."""
     freeze_backbone_epochs: int = 0
     """The backbone gets no updates during the first N epochs (head, pooling and loss train)."""
+    pooling_warmup_epochs: int = 0
+    """GSP warm-up (the authors' proxy-loss setup): for the first N epochs the pooling outputs GAP
+    and its k-center memory is not filled; needs a pooling with a warm-up (``warmup_steps``)."""
     seed: int = 0
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` (this process's GPU) or ``cuda:N``."""
@@ -423,10 +436,15 @@ def validate_config(cfg: TrainConfig) -> None:
     _choice("train.precision", str(t.precision).lower(), PRECISIONS)
     if parse_device(t.device)[0] == "cpu":
         _check_precision_device(str(t.precision).lower(), "cpu")  # now, not when training starts
-    if t.freeze_backbone_epochs < 0:
-        raise ConfigError(
-            f"config key 'train.freeze_backbone_epochs': expected an int >= 0, got {t.freeze_backbone_epochs}"
-        )
+    for key, val in (("train.freeze_backbone_epochs", t.freeze_backbone_epochs),
+                     ("train.pooling_warmup_epochs", t.pooling_warmup_epochs)):
+        if val < 0:
+            raise ConfigError(f"config key {key!r}: expected an int >= 0, got {val}")
+    _choice("model.projection", cfg.model.projection.lower(), PROJECTIONS)
+    _choice("model.feature_norm", cfg.model.feature_norm.lower(), FEATURE_NORMS)
+    if cfg.model.feature_norm.lower() != "none" and cfg.model.projection.lower() == "before":
+        raise ConfigError("config key 'model.feature_norm': a norm on the pooled backbone features needs "
+                          "model.projection 'after' or 'auto' (with a non-GSP pooling), got 'before'")
     if t.max_epochs < 1:
         raise ConfigError(f"config key 'train.max_epochs': expected an int >= 1, got {t.max_epochs}")
     if t.max_steps is not None and t.max_steps < 1:
@@ -618,12 +636,17 @@ def upgrade_stored_config(data: dict | None) -> dict:
     ``config.yaml``) with ``train.amp`` mapped to ``train.precision``: ``false`` -> ``fp32``;
     ``true`` or ``null`` -> ``auto`` (fp16 on CUDA; on the CPU ``amp`` was ignored, i.e. fp32,
     which is what ``auto`` does there). For stored configs only: a user's config that sets
-    ``train.amp`` is an error naming ``train.precision``."""
+    ``train.amp`` is an error naming ``train.precision``. A stored model section without
+    ``projection`` was written before that key existed, when every head projected first: it gets
+    ``projection: before``, so its checkpoint loads into the model it was trained with."""
     out = copy.deepcopy(data) if data else {}
     train = out.get("train")
     if isinstance(train, dict) and "amp" in train:
         amp = train.pop("amp")
         train.setdefault("precision", "fp32" if amp is False else "auto")
+    model = out.get("model")
+    if isinstance(model, dict) and "projection" not in model:
+        model["projection"] = "before"
     return out
 
 
