@@ -54,13 +54,13 @@ def token_model(pooling: str = "gsp", **kw) -> EmbeddingModel:
                           pooling_kwargs=gsp_kwargs(**kw) if pooling == "gsp" else None)
 
 
-#: channels of the wide map (more than CHANNELS_FIRST_MAX_D: the copy-into-rows path)
+#: channels of the wide map (a second channel count through the channel-major map path)
 WIDE = 136
 
 
 class LayerOnAllLayouts(nn.Module):
     """One GSP layer applied to an NCHW map, a channels_last map and a token set, and a wide one
-    to a wide NCHW map (the copy-into-rows path), in one graph (one compilation covers every
+    to a wide NCHW map (the channel-major path), in one graph (one compilation covers every
     layout and code path), returning pooled outputs, marginals and weights."""
 
     def __init__(self, **kw):

@@ -73,7 +73,7 @@ def test_cost_layouts_agree_and_keep_the_map_layout():
 
 
 @pytest.mark.parametrize("solver", ["exact", "fixed_point"])
-@pytest.mark.parametrize("C", [6, 136])  # 136 > CHANNELS_FIRST_MAX_D: the copy-into-rows path
+@pytest.mark.parametrize("C", [6, 136])  # narrow and wide channel counts through the map paths
 def test_module_on_maps_equals_tokens_with_gradients(solver, C):
     torch.manual_seed(2)
     pool = GSP(C, num_prototypes=4, init="random", solver=solver).double()

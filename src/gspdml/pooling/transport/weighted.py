@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gspdml.pooling.transport.cost import channels_first
+from gspdml.pooling.transport.cost import channels_first, plain_gradient
 from gspdml.pooling.transport.runtime import apply_function
 
 __all__ = ["weighted_sum"]
@@ -30,7 +30,7 @@ class _WeightedSum(torch.autograd.Function):
         g_f = g_w = None
         if ctx.needs_input_grad[0]:
             if ctx.cols:  # written in the map's layout (B, D, n)
-                g_f = (grad.unsqueeze(-1) * weights.unsqueeze(1)).transpose(1, 2)
+                g_f = plain_gradient((grad.unsqueeze(-1) * weights.unsqueeze(1)).transpose(1, 2))
             else:
                 g_f = weights.unsqueeze(-1) * grad.unsqueeze(1)
         if ctx.needs_input_grad[1]:
