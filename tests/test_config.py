@@ -227,3 +227,19 @@ def test_stored_configs_with_amp_are_upgraded():
         assert "amp" in old["train"] and "amp" not in new["train"]  # a copy
         assert config_from_dict(new).train.precision == precision
     assert upgrade_stored_config(to_dict(TrainConfig())) == to_dict(TrainConfig())
+
+
+def test_stored_configs_without_projection_keep_their_old_head():
+    from gspdml.config import upgrade_stored_config
+
+    for pooling, upgraded in (("gsp", "gsp"), ("gap", "gap"), ("gmp+gsp", "gmp+gsp-projected"),
+                              ("GeM+GSP", "gem+gsp-projected")):
+        stored = to_dict(TrainConfig())
+        stored["model"]["pooling"] = pooling
+        del stored["model"]["projection"]
+        model = config_from_dict(upgrade_stored_config(stored)).model
+        assert (model.projection, model.pooling) == ("before", upgraded)
+    # a config written with the key is left alone, whatever its pooling
+    current = to_dict(TrainConfig())
+    current["model"]["pooling"] = "gmp+gsp"
+    assert upgrade_stored_config(current) == current

@@ -77,7 +77,7 @@ FEATURE_NORMS = ("none", "layernorm")
 #: class) and negatives (two classes) in every batch (XBM: its batch loss during the warm-up)
 PAIR_LOSSES = ("c1", "c2", "triplet", "ms", "xbm")
 #: losses with one learnable proxy per training class
-PROXY_LOSSES = ("pnca", "panchor", "pnca+nir", "panchor+nir")
+PROXY_LOSSES = ("pnca", "panchor", "pnca+nir", "panchor+nir", "pnca++")
 
 #: keys that moved: old key -> where the setting lives now
 _MOVED_KEYS = {
@@ -124,7 +124,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone -> 1x1 conv to ``local_dim`` -> pooling -> L2 normalisation."""
+    """Backbone -> pooling with the projection to ``local_dim`` before or after it -> L2 normalisation."""
 
     backbone: str = "bninception"
     pretrained: Optional[str] = None
@@ -638,7 +638,9 @@ def upgrade_stored_config(data: dict | None) -> dict:
     which is what ``auto`` does there). For stored configs only: a user's config that sets
     ``train.amp`` is an error naming ``train.precision``. A stored model section without
     ``projection`` was written before that key existed, when every head projected first: it gets
-    ``projection: before``, so its checkpoint loads into the model it was trained with."""
+    ``projection: before``, so its checkpoint loads into the model it was trained with; its
+    ``gmp+gsp`` / ``gem+gsp`` (then gspdml's own definitions, now the authors') become
+    ``gmp+gsp-projected`` / ``gem+gsp-projected``, which keep those definitions."""
     out = copy.deepcopy(data) if data else {}
     train = out.get("train")
     if isinstance(train, dict) and "amp" in train:
@@ -647,6 +649,9 @@ def upgrade_stored_config(data: dict | None) -> dict:
     model = out.get("model")
     if isinstance(model, dict) and "projection" not in model:
         model["projection"] = "before"
+        pooling = str(model.get("pooling", "")).strip().lower()
+        if pooling in ("gmp+gsp", "gem+gsp"):
+            model["pooling"] = f"{pooling}-projected"
     return out
 
 

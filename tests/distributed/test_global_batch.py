@@ -19,7 +19,8 @@ from engine_fixtures import Blobs, free_port, single_thread, tiny_config  # noqa
 
 WORLD = 2
 BASE = ["optim.name=sgd", "optim.momentum=0.0", "optim.weight_decay=0.0", "optim.lr=0.05", "model.freeze_bn=true",
-        "train.max_steps=3", "train.checkpoint_every_steps=0", "eval.test_at_end=false", "train.precision=fp32"]
+        "train.max_steps=3", "train.checkpoint_every_steps=0", "eval.test_at_end=false", "train.precision=fp32",
+        "model.projection=before"]  # the head these tolerances were set with (GAP scenarios)
 GSP = ["model.pooling=gsp", "model.pooling_kwargs={num_prototypes: 4, mu: 0.5, eps: 5.0, init: random}"]
 SCENARIOS = {
     "ms": ["loss.name=MS"],

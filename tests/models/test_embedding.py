@@ -53,7 +53,7 @@ class ProtoPooling(Pooling):
 
 
 def test_map_model_matches_manual_pipeline():
-    model = EmbeddingModel(MapBackbone(), local_dim=4, pooling="gap").eval()
+    model = EmbeddingModel(MapBackbone(), local_dim=4, pooling="gap", projection="before").eval()
     assert model.local.bias is None and model.local.kernel_size == (1, 1)
     x = torch.randn(2, 3, 5, 5)
     emb, details = model(x, return_details=True)
@@ -67,7 +67,7 @@ def test_map_model_matches_manual_pipeline():
 
 
 def test_token_model_uses_same_projection_and_mask():
-    model = EmbeddingModel(TokenBackbone(), local_dim=3, pooling="gmp")
+    model = EmbeddingModel(TokenBackbone(), local_dim=3, pooling="gmp", projection="before")
     ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
     mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
     emb = model(ids, mask=mask)
@@ -89,7 +89,7 @@ def test_freeze_bn_applies_to_backbone():
 
 
 def test_param_groups_split():
-    model = EmbeddingModel(MapBackbone(), local_dim=4, pooling=ProtoPooling(4))
+    model = EmbeddingModel(MapBackbone(), local_dim=4, pooling=ProtoPooling(4), projection="before")
     groups = {g["name"]: g for g in model.param_groups(weight_decay=1e-4)}
     decay = {id(p) for p in groups["decay"]["params"]}
     no_decay = {id(p) for p in groups["no_decay"]["params"]}

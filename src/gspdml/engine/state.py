@@ -122,6 +122,13 @@ class TrainState:
 
         num_classes = train_set.num_classes
         model = build_model(cfg.model)
+        warm = cfg.train.pooling_warmup_epochs
+        if warm > 0:  # the pooling's warm-up in steps, from epoch 0's length
+            pooling = getattr(model, "pooling", None)
+            if not hasattr(pooling, "warmup_steps"):
+                raise ConfigError(f"train.pooling_warmup_epochs={warm} needs a pooling with a warm-up "
+                                  f"('warmup_steps', e.g. gsp); model.pooling {cfg.model.pooling!r} has none")
+            pooling.warmup_steps = warm * len(sampler)
         loss = build_loss(cfg.loss.name, num_classes=num_classes, embedding_dim=cfg.model.local_dim, **cfg.loss.kwargs)
         z = cfg.loss.zero_shot
         zs = ZeroShotLoss(num_classes, cfg.model.local_dim, ridge=z.ridge, scale=z.scale) if z.enabled else None

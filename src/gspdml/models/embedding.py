@@ -1,9 +1,23 @@
-"""The embedding model: backbone -> local projection -> pooling -> L2 normalisation.
+"""The embedding model: backbone -> pooling head (projection to ``local_dim`` before or after the
+pooling) -> L2 normalisation.
 
-``EmbeddingModel`` follows the GSP paper (Sec. 4.4): the backbone's feature map before global
-pooling is projected to the local embedding size (default 128) by a 1x1 convolution without bias
-(token sets: the same projection as a bias-free linear layer over the channel dimension), pooled
-by any registered pooling (GSP, GAP, ...) and L2-normalised.
+Two placements of the bias-free projection to the local embedding size (default 128), as in the
+GSP authors' TensorFlow framework (``tensorflow/framework/layers/pooling/``):
+
+- ``before`` (the GSP family; GSP paper Sec. 4.4, the TF ``GeneralizedSumPooling`` layer's 1x1
+  ``feature_transform`` conv without bias): 1x1 conv on the backbone map (token sets: the same
+  matrix as a linear layer over the channel dimension), then the pooling on ``local_dim`` channels.
+- ``after`` (the authors' baseline heads ``GlobalPooling``, ``GMeanP``, ``DeLF``, ...): the pooling
+  on the raw backbone map (built for the backbone's channel count), an optional LayerNorm without
+  affine parameters (ProxyNCA++), then a linear layer without bias (the TF ``Dense(use_bias=False)``
+  ``feature_transform``).
+- ``auto``: ``before`` when the pooling class says ``projects_first = True`` (GSP and its
+  combinations), ``after`` otherwise (every other pooling, also registered user poolings).
+
+GMP+GSP and GeM+GSP (``uses_raw_features = True``) need both the raw map and the projection
+(the TF layer's ``augment_max_pool`` / ``use_gemp``): they receive the raw features and borrow
+this model's projection matrix (``forward_raw``). The weights keep PyTorch's default
+initialisation in both placements (the TF layers use glorot-uniform).
 """
 from __future__ import annotations
 
@@ -12,30 +26,56 @@ from typing import Any, Mapping, Optional, Union
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gspdml.config import FEATURE_NORMS, PROJECTIONS
 from gspdml.errors import ConfigError, InputError
 from gspdml.models.backbones import build_backbone
 from gspdml.models.batchnorm import freeze_batchnorm
-from gspdml.pooling import build_pooling
+from gspdml.pooling import POOLINGS, build_pooling
 
-__all__ = ["EmbeddingModel", "build_model", "MODEL_CONFIG_FIELDS"]
+__all__ = ["EmbeddingModel", "build_model", "MODEL_CONFIG_FIELDS", "resolve_projection"]
 
-MODEL_CONFIG_FIELDS = ("backbone", "pretrained", "backbone_kwargs", "local_dim", "pooling", "pooling_kwargs", "freeze_bn")
+MODEL_CONFIG_FIELDS = ("backbone", "pretrained", "backbone_kwargs", "local_dim", "pooling", "pooling_kwargs",
+                       "freeze_bn", "projection", "feature_norm")
 
 #: Parameter names (last component) that never get weight decay besides norms, biases and 1-D params.
 NO_DECAY_NAMES = ("prototypes",)
 
 
+def resolve_projection(projection: str, pooling: Any) -> str:
+    """``before`` or ``after``: where the projection sits for ``pooling`` (a pooling class, module or
+    registered name). ``auto`` asks the pooling's ``projects_first`` attribute (False when absent)."""
+    choice = str(projection).strip().lower()
+    if choice not in PROJECTIONS:
+        raise ConfigError(f"EmbeddingModel: projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
+    if choice != "auto":
+        return choice
+    if isinstance(pooling, str):
+        pooling = POOLINGS.get(pooling)
+    return "before" if getattr(pooling, "projects_first", False) else "after"
+
+
 class EmbeddingModel(nn.Module):
-    """Backbone -> 1x1 conv (no bias) to ``local_dim`` -> pooling -> L2-normalised embedding.
+    """Backbone -> pooling head with a bias-free projection to ``local_dim`` -> L2-normalised embedding.
+
+    ``projection="before"``: 1x1 conv (``local``, a ``Conv2d`` without bias) then the pooling on
+    ``local_dim`` channels. ``projection="after"``: the pooling on the backbone's ``out_channels``,
+    optional ``feature_norm="layernorm"`` (LayerNorm without affine parameters), then ``local``, a
+    ``Linear`` without bias (as the authors' TF ``Dense(use_bias=False)``). ``"auto"``: ``before``
+    for poolings whose class has ``projects_first = True`` (GSP family), ``after`` otherwise. See
+    the module docstring for the authors' sources. ``details`` (``return_details=True``) are the
+    pooling's, for either placement (weights over the backbone map's positions).
 
     Args:
         backbone: a backbone module (with ``out_channels``) or a registered backbone name.
         local_dim: local embedding size D (output size of the model).
-        pooling: a registered pooling name (``gsp``, ``gap``, ...) or a ready pooling module.
+        pooling: a registered pooling name (``gsp``, ``gap``, ...) or a ready pooling module (built
+            for ``local_dim`` channels with the projection before it, for ``out_channels`` after).
         pooling_kwargs: keyword arguments for the pooling (e.g. ``{"mu": 0.3, "eps": 5.0}``).
         freeze_bn: freeze the backbone's BatchNorm statistics (affine parameters still train).
         backbone_kwargs: keyword arguments for ``build_backbone`` when ``backbone`` is a name.
         pretrained: local weights file for a backbone given by name.
+        projection: ``auto`` | ``before`` | ``after``.
+        feature_norm: ``none`` | ``layernorm`` (needs the projection after the pooling).
     """
 
     def __init__(
@@ -47,6 +87,8 @@ class EmbeddingModel(nn.Module):
         freeze_bn: bool = False,
         backbone_kwargs: Optional[Mapping[str, Any]] = None,
         pretrained: Optional[str] = None,
+        projection: str = "auto",
+        feature_norm: str = "none",
     ) -> None:
         super().__init__()
         if isinstance(backbone, str):
@@ -59,14 +101,45 @@ class EmbeddingModel(nn.Module):
             raise ConfigError(f"EmbeddingModel: local_dim must be a positive int, got {local_dim!r}")
         self.backbone = backbone
         self.local_dim = local_dim
-        self.local = nn.Conv2d(int(backbone.out_channels), local_dim, kernel_size=1, bias=False)
-        if isinstance(pooling, str):
-            self.pooling_name = pooling.strip().lower()
-            pooling = build_pooling(pooling, local_dim, **dict(pooling_kwargs or {}))
+        channels = int(backbone.out_channels)
+        if not isinstance(pooling, (str, nn.Module)):
+            raise ConfigError(f"EmbeddingModel: pooling must be a registered name or a module, got {type(pooling).__name__}")
+        if not isinstance(pooling, str) and pooling_kwargs:
+            raise ConfigError("EmbeddingModel: pooling_kwargs only apply when the pooling is given by name")
+        self.pooling_name = pooling.strip().lower() if isinstance(pooling, str) else type(pooling).__name__
+        self.projection = resolve_projection(projection, pooling)
+        norm = str(feature_norm).strip().lower()
+        if norm not in FEATURE_NORMS:
+            raise ConfigError(f"EmbeddingModel: feature_norm must be one of {', '.join(FEATURE_NORMS)}, got {feature_norm!r}")
+        cls = POOLINGS.get(pooling) if isinstance(pooling, str) else pooling
+        self.raw_head = bool(getattr(cls, "uses_raw_features", False))
+        if self.raw_head and self.projection == "after":
+            raise ConfigError(
+                f"EmbeddingModel: pooling {self.pooling_name!r} combines the raw backbone map with its own "
+                "projection (GSP on the projected map); it needs projection 'before' or 'auto', got 'after'"
+            )
+        if norm != "none" and self.projection == "before":
+            how = "resolves to 'before' for" if str(projection).strip().lower() == "auto" else "is 'before' with"
+            raise ConfigError(
+                f"EmbeddingModel: feature_norm {norm!r} normalises the pooled backbone features before the "
+                f"projection; it needs projection 'after', but projection {how} pooling {self.pooling_name!r}"
+            )
+        self.feature_norm = norm
+        if self.projection == "before":
+            self.local = nn.Conv2d(channels, local_dim, kernel_size=1, bias=False)
+            pool_dim = local_dim
         else:
-            if pooling_kwargs:
-                raise ConfigError("EmbeddingModel: pooling_kwargs only apply when the pooling is given by name")
-            self.pooling_name = type(pooling).__name__
+            self.local = nn.Linear(channels, local_dim, bias=False)
+            pool_dim = channels
+        self.norm = nn.LayerNorm(channels, elementwise_affine=False) if norm == "layernorm" else None
+        if isinstance(pooling, str):
+            pooling = build_pooling(pooling, pool_dim, **dict(pooling_kwargs or {}))
+        elif getattr(pooling, "dim", pool_dim) != pool_dim:
+            where = "local_dim" if self.projection == "before" else "the backbone's out_channels"
+            raise ConfigError(
+                f"EmbeddingModel: the pooling module {self.pooling_name} has dim={pooling.dim}, but with the "
+                f"projection {self.projection} the pooling gets {where} = {pool_dim} channels"
+            )
         self.pooling = pooling
         self.freeze_bn = bool(freeze_bn)
         if self.freeze_bn:
@@ -76,22 +149,42 @@ class EmbeddingModel(nn.Module):
     def input_kind(self) -> str:
         return getattr(self.backbone, "input_kind", "image")
 
+    def backbone_features(self, x: Tensor) -> Tensor:
+        """The backbone's output, checked: a map ``(B, C, H, W)`` or a token set ``(B, N, C)``."""
+        feats = self.backbone(x)
+        if feats.dim() not in (3, 4):
+            raise InputError(
+                f"backbone {type(self.backbone).__name__} returned features of shape {tuple(feats.shape)}; "
+                "expected a map (B, C, H, W) or a token set (B, N, C)"
+            )
+        return feats
+
+    def project(self, feats: Tensor) -> Tensor:
+        """Apply the projection to ``local_dim``: to a map ``(B, C, H, W)`` (1x1 conv), a token set
+        ``(B, N, C)`` or pooled vectors ``(B, C)`` (linear over the last dimension)."""
+        if feats.dim() == 4 and isinstance(self.local, nn.Conv2d):
+            return self.local(feats)
+        if feats.dim() == 4:
+            return F.conv2d(feats, self.local.weight[:, :, None, None])
+        return F.linear(feats, self.local.weight.flatten(1))
+
     def local_features(self, x: Tensor) -> Tensor:
         """Backbone features projected to ``local_dim``: ``(B, D, H, W)`` or ``(B, N, D)``."""
-        feats = self.backbone(x)
-        if feats.dim() == 4:
-            return self.local(feats)
-        if feats.dim() == 3:
-            return F.linear(feats, self.local.weight.flatten(1))
-        raise InputError(
-            f"backbone {type(self.backbone).__name__} returned features of shape {tuple(feats.shape)}; "
-            "expected a map (B, C, H, W) or a token set (B, N, C)"
-        )
+        return self.project(self.backbone_features(x))
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, return_details: bool = False):
         """Embeddings ``(B, local_dim)`` (unit norm), or ``(emb, details)`` with the pooling's details."""
-        local = self.local_features(x)
-        pooled, details = self.pooling(local, mask=mask, return_details=True)
+        feats = self.backbone_features(x)
+        if self.raw_head:
+            pooled, details = self.pooling.forward_raw(feats, self.local.weight.flatten(1), mask=mask,
+                                                       return_details=True)
+        elif self.projection == "before":
+            pooled, details = self.pooling(self.project(feats), mask=mask, return_details=True)
+        else:
+            pooled, details = self.pooling(feats, mask=mask, return_details=True)
+            if self.norm is not None:
+                pooled = self.norm(pooled)
+            pooled = self.local(pooled)
         emb = F.normalize(pooled, p=2, dim=-1)
         return (emb, details) if return_details else emb
 
@@ -125,7 +218,8 @@ class EmbeddingModel(nn.Module):
         return [g for g in groups if g["params"]]
 
     def extra_repr(self) -> str:
-        return f"local_dim={self.local_dim}, pooling={self.pooling_name!r}, freeze_bn={self.freeze_bn}"
+        return (f"local_dim={self.local_dim}, pooling={self.pooling_name!r}, projection={self.projection!r}, "
+                f"feature_norm={self.feature_norm!r}, freeze_bn={self.freeze_bn}")
 
 
 def build_model(cfg: Any = None, **kwargs: Any) -> EmbeddingModel:
@@ -133,7 +227,7 @@ def build_model(cfg: Any = None, **kwargs: Any) -> EmbeddingModel:
 
     Recognised fields: ``backbone`` (name, default ``"bninception"``), ``pretrained`` (local
     path), ``backbone_kwargs``, ``local_dim`` (128), ``pooling`` (``"gsp"``), ``pooling_kwargs``,
-    ``freeze_bn``. Keywords override the object's attributes. Unknown keywords raise
+    ``freeze_bn``, ``projection`` (``"auto"``), ``feature_norm`` (``"none"``). Keywords override the object's attributes. Unknown keywords raise
     :class:`ConfigError` listing the valid ones.
     """
     unknown = sorted(set(kwargs) - set(MODEL_CONFIG_FIELDS))
@@ -159,4 +253,6 @@ def build_model(cfg: Any = None, **kwargs: Any) -> EmbeddingModel:
         freeze_bn=bool(values.get("freeze_bn", False)),
         backbone_kwargs=values.get("backbone_kwargs") or None,
         pretrained=values.get("pretrained") or None,
+        projection=values.get("projection") or "auto",
+        feature_norm=values.get("feature_norm") or "none",
     )

@@ -166,10 +166,13 @@ class Pooling(nn.Module, abc.ABC):
     weights (B, n), marginals (B, m) | None)``; masked positions of ``feats`` are zero.
     ``name`` names the pooling in error messages (the class name when empty);
     ``check_finite = True`` makes the input check reject NaN/inf features.
+    ``projects_first = True`` makes ``EmbeddingModel(projection="auto")`` put the projection to
+    ``local_dim`` before this pooling (the GSP family); False: pool the backbone map, then project.
     """
 
     name = ""
     check_finite = False
+    projects_first = False
 
     def __init__(self, dim: int) -> None:
         super().__init__()

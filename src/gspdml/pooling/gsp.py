@@ -86,6 +86,13 @@ class GSP(Pooling):
             L2-normalised GAP vectors fills during training, then set the prototypes once by greedy
             k-center over it) or ``"random"`` (random unit vectors, GSP from the first step).
         memory_size: size of the k-center memory (paper: 1024); must be >= ``num_prototypes``.
+        warmup_steps: the TF layer's ``warm_up_steps``: for the first ``warmup_steps`` training-mode
+            forward calls the output is (masked) GAP and the k-center memory is not filled; the
+            calls are counted in the buffer ``warmup_count`` (resume is exact; it exists once a warm-up
+            is set, so the state dict of a GSP without warm-up keeps its keys). Until the count
+            reaches ``warmup_steps`` the output is GAP in eval mode too. Afterwards as without
+            warm-up (memory fills, then k-center; ``init="random"``: GSP). The trainer sets it from
+            ``train.pooling_warmup_epochs``; it may be changed on an instance.
 
     Input ``x``: a feature map (B, C, H, W) or a token set (B, N, C), plus an optional bool ``mask``
     ((B, N), or (B, H, W) / (B, H*W) for maps; True = real feature) for padded sets.
@@ -114,10 +121,12 @@ class GSP(Pooling):
     """
 
     check_finite = True
+    projects_first = True
     prototypes: nn.Parameter
     memory: Tensor
     memory_count: Tensor
     initialized: Tensor
+    warmup_count: Tensor
 
     def __init__(
         self,
@@ -129,6 +138,7 @@ class GSP(Pooling):
         iters: int = 100,
         init: str = "kcenter",
         memory_size: int = 1024,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__(dim)
         if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int) or num_prototypes < 1:
@@ -146,6 +156,7 @@ class GSP(Pooling):
                 f"k-center initialisation, got {memory_size!r}"
             )
         self.num_prototypes = num_prototypes
+        self._warmup_steps, self._warming = 0, False
         self.mu = float(mu)
         self.eps = float(eps)
         self.solver = solver
@@ -156,6 +167,7 @@ class GSP(Pooling):
         self.register_buffer("memory", torch.zeros(self.memory_size, dim))
         self.register_buffer("memory_count", torch.zeros((), dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(init == "random"))
+        self.warmup_steps = warmup_steps  # after the prototypes: the counter is created on their device
         # a Python mirror of the buffer, so that forward branches on no tensor value (compile,
         # export); kept in step by initialize_prototypes and load_state_dict
         self._ready = init == "random"
@@ -164,6 +176,48 @@ class GSP(Pooling):
     @staticmethod
     def _sync_ready(module: "GSP", incompatible_keys) -> None:
         module._ready = bool(module.initialized)
+        module._warming = module._warmup_done() < module._warmup_steps
+
+    def _warmup_done(self) -> int:
+        return int(self.warmup_count) if "warmup_count" in self._buffers else 0
+
+    def _add_warmup_counter(self) -> None:
+        if "warmup_count" not in self._buffers:
+            self.register_buffer("warmup_count", torch.zeros((), dtype=torch.long, device=self.prototypes.device))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the counter exists once a warm-up was set (state dicts of GSPs without one stay as before):
+        # a state dict with a counter brings it along; one without it counted no warm-up step
+        if prefix + "warmup_count" in state_dict:
+            self._add_warmup_counter()
+        elif "warmup_count" in self._buffers:
+            state_dict[prefix + "warmup_count"] = torch.zeros((), dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def warmup_steps(self) -> int:
+        """Training-mode forward calls with GAP output and no memory filling (see the class docstring)."""
+        return self._warmup_steps
+
+    @warmup_steps.setter
+    def warmup_steps(self, steps: int) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise InputError(f"GSP: warmup_steps must be an integer >= 0, got {steps!r}")
+        if steps > 0:
+            self._add_warmup_counter()
+        self._warmup_steps = steps
+        # Python mirror of "warmup_count < warmup_steps", so that forward branches on no tensor value
+        self._warming = self._warmup_done() < steps
+
+    @property
+    def is_warming_up(self) -> bool:
+        """Whether the warm-up (GAP output, no memory filling) is still running."""
+        return self._warming
+
+    @property
+    def outputs_gap(self) -> bool:
+        """Whether the output is GAP for a reason other than ``mu = 1``: warm-up or pending k-center."""
+        return self._warming or not self._ready
 
     # ------------------------------------------------------------------------------------------
 
@@ -173,6 +227,8 @@ class GSP(Pooling):
         if self.solver == "fixed_point":
             text += f", iters={self.iters}"
         text += f", init={self.init!r}"
+        if self.warmup_steps:
+            text += f", warmup_steps={self.warmup_steps} ({int(self.warmup_count)} done)"
         if self.init == "kcenter":
             state = "done" if bool(self.initialized) else f"pending {int(self.memory_count)}/{self.memory_size}"
             text += f", memory_size={self.memory_size} ({state})"
@@ -205,9 +261,16 @@ class GSP(Pooling):
 
     @torch.no_grad()
     def _remember(self, gap: Tensor) -> None:
-        """Add this step's GAP vectors to the k-center memory; under torch.distributed the vectors
-        of every rank (in rank order: the global batch), so every rank keeps the memory one process
-        on the global batch would keep."""
+        """A training step with GAP output: during the warm-up count it (the memory is not filled);
+        otherwise add this step's GAP vectors to the k-center memory; under torch.distributed the
+        vectors of every rank (in rank order: the global batch), so every rank keeps the memory one
+        process on the global batch would keep."""
+        if self._warming:
+            self.warmup_count.add_(1)
+            self._warming = int(self.warmup_count) < self._warmup_steps
+            return
+        if self._ready:
+            return
         gap = _gather_ranks(gap)
         count = int(self.memory_count)
         take = min(gap.shape[0], self.memory_size - count)
@@ -249,16 +312,16 @@ class GSP(Pooling):
                 f"{self.where} prototypes contain NaN or infinite values (e.g. after a diverged "
                 f"optimisation step); they must be finite"
             )
-        gap_out = (not ready) or self.mu >= 1.0
+        gap_out = (not ready) or self.mu >= 1.0 or self._warming
         with no_autocast(feats.device.type):
             feats = feats.to(dtype)
             if gap_out:
                 pooled = masked_mean(feats, mask)
-                if not ready and self.training:
+                if (self._warming or not ready) and self.training:
                     self._remember(pooled.detach())
                 if not with_solution:
                     return pooled.to(out_dtype), None
-            feats = prefer_rows(feats)  # small NCHW maps: one transposing copy beats batched GEMMs
+            feats = prefer_rows(feats)  # token rows and NCHW maps as they are (the cost picks its GEMMs)
             cost_nm = cost_points_by_prototypes(feats, self.prototypes.to(dtype))
             weights, rho, marginals, _ = solve_points_first(
                 cost_nm, self.mu, self.eps, solver=self.solver, iters=self.iters, mask=mask,

@@ -24,6 +24,7 @@ class MetaGlobalPooling(Pooling):
     """
 
     name = "meta_global"
+    projects_first = True  # the authors' layer transforms the map first, then pools (model.projection auto)
 
     def __init__(self, dim: int, num_prototypes: int = 32, softmax_scale: float = 10.0) -> None:
         super().__init__(dim)
