@@ -132,7 +132,7 @@ def test_triplet_all_triplets_by_loops():
 
 def test_multi_similarity_formula():
     emb, labels = _batch(n_classes=3, per_class=3, seed=2)
-    loss = build_loss("MS", 3, 4)
+    loss = build_loss("MS", 3, 4, miner_epsilon=0.1)  # the default is now the authors' no miner (test_recipes.py)
     ref = naive_ms(emb, labels, alpha=2.0, beta=50.0, base=0.5, eps=0.1)
     assert loss(emb, labels).item() == pytest.approx(ref, rel=1e-9)
     loss = build_loss("ms", 3, 4, beta=40.0, miner_epsilon=0.3)
@@ -154,7 +154,7 @@ def test_proxy_anchor_formula_and_groups():
 
 def test_proxy_nca_formula():
     emb, labels = _batch(n_classes=3, per_class=2, seed=5)
-    loss = build_loss("PNCA", 4, 4, proxy_lr_mult=10.0)
+    loss = build_loss("PNCA", 4, 4, proxy_lr_mult=10.0, similarity="squared_l2")  # default: cosine (test_recipes.py)
     proxies = F.normalize(loss.proxies.detach(), dim=1)
     assert loss(emb, labels).item() == pytest.approx(naive_proxy_nca(emb, labels, proxies, 9.0), rel=1e-8)
     assert loss.param_groups()[0]["lr_mult"] == 10.0
@@ -165,17 +165,17 @@ def test_proxy_nca_formula():
 def test_xbm_warmup_memory_and_state_dict():
     emb1, labels1 = _batch(seed=6)
     emb2, labels2 = _batch(seed=7)
-    loss = build_loss("XBM", 3, 4, warmup_iters=2, memory_size=12)
+    loss = build_loss("XBM", 3, 4, warmup_iters=2, memory_size=12, pair_loss="contrastive")
     loss.train()
     # warm-up: batch loss only, memory untouched
     for emb, labels in ((emb1, labels1), (emb2, labels2)):
         assert loss(emb, labels).item() == pytest.approx(naive_contrastive(emb, labels, 0.0, 0.5), rel=1e-9)
     assert loss.memory_contents()[0].shape[0] == 0 and int(loss.iteration) == 2 and loss.memory_active
-    # step 3: memory holds batch 1 only; memory loss = pairs of batch vs memory without self pairs
+    # step 3: memory holds batch 1 only (9 of 12 slots): not full yet, so no memory loss (the authors' start)
     out = loss(emb1, labels1).item()
     mem_emb, mem_labels = loss.memory_contents()
     assert torch.equal(mem_emb, emb1) and torch.equal(mem_labels, labels1)
-    assert out == pytest.approx(2 * naive_contrastive(emb1, labels1, 0.0, 0.5), rel=1e-9)
+    assert out == pytest.approx(naive_contrastive(emb1, labels1, 0.0, 0.5), rel=1e-9)
     # step 4: batch 2 wraps around the ring buffer of 12 slots: slots 9, 10, 11, 0, ..., 5 get
     # batch 2, slots 6..8 keep batch 1; memory loss over (batch 2) x (memory) minus self pairs
     out = loss(emb2, labels2).item()
@@ -201,7 +201,7 @@ def test_xbm_warmup_memory_and_state_dict():
     loss(emb1, labels1)
     assert int(loss.iteration) == 4 and int(loss.queue_idx) == 6 and bool(loss.memory_filled)
     # the state (counter, memory, pointer) survives a state_dict round trip
-    restored = build_loss("XBM", 3, 4, warmup_iters=2, memory_size=12)
+    restored = build_loss("XBM", 3, 4, warmup_iters=2, memory_size=12, pair_loss="contrastive")
     restored.load_state_dict(loss.state_dict())
     restored.train()
     loss.train()
@@ -212,7 +212,7 @@ def test_xbm_warmup_memory_and_state_dict():
 
 
 def test_registry_names_and_errors():
-    assert set(LOSSES) == {"C1", "C2", "Triplet", "MS", "XBM", "PNCA", "PAnchor", "PAnchor+NIR", "PNCA+NIR"}
+    assert set(LOSSES) == {"C1", "C2", "Triplet", "MS", "XBM", "PNCA", "PNCA++", "PAnchor", "PAnchor+NIR", "PNCA+NIR"}
     assert build_loss("panchor+nir", 3, 4).name == "PAnchor+NIR"
     assert build_loss("TRIPLET", 3, 4).name == "Triplet"
     with pytest.raises(ConfigError, match="unknown loss 'ArcFace'; valid choices are: C1, C2, MS, PAnchor"):
@@ -229,7 +229,7 @@ def test_nir_variants_are_one_wrapper_over_the_proxy_builders():
         "dataset", "proxy_weight", "alpha", "margin", "proxy_lr_mult", "flow_lr_mult",
         "num_blocks", "hidden", "num_hidden_layers", "clamp", "objective", "cond_mode", "noise", "subnet_init",
     ]
-    assert list(loss_arguments("PNCA+NIR"))[:4] == ["dataset", "proxy_weight", "softmax_scale", "proxy_lr_mult"]
+    assert list(loss_arguments("PNCA+NIR"))[:5] == ["dataset", "proxy_weight", "softmax_scale", "similarity", "proxy_lr_mult"]
     assert loss_arguments("PNCA+NIR")["proxy_lr_mult"] == 4000.0 and loss_arguments("PNCA+NIR")["dataset"] == "cub"
     # any proxy-loss builder gets NIR: its own settings are passed through, unknown ones rejected
     seen = {}

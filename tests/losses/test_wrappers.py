@@ -34,7 +34,7 @@ def test_every_proxy_loss_exposes_proxy_lr_mult_in_its_param_groups():
         assert groups["proxies"]["params"][0] is loss.proxies, name
         custom = build_loss(name, 3, 4, proxy_lr_mult=7.0)
         assert custom.proxy_lr_mult == 7.0 and custom.param_groups()[0]["lr_mult"] == 7.0, name
-    assert sorted(proxy_losses) == ["PAnchor", "PAnchor+NIR", "PNCA", "PNCA+NIR"]
+    assert sorted(proxy_losses) == ["PAnchor", "PAnchor+NIR", "PNCA", "PNCA++", "PNCA+NIR"]
 
 
 def test_nir_wraps_any_proxy_loss():

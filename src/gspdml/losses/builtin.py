@@ -8,15 +8,19 @@ settings (:mod:`gspdml.losses.presets`):
 ``C1``         contrastive, positive margin 0, negative margin 0.5
 ``C2``         contrastive with MLRC-tuned margins per dataset (``dataset=``) or explicit ones
 ``Triplet``    triplet margin 0.05 over all margin-violating triplets of the batch
-``MS``         multi-similarity (alpha 2, beta 50, base 0.5) with the MS miner (epsilon 0.1)
-``XBM``        contrastive batch loss + cross-batch-memory loss, memory on after 1000 iterations
-``PNCA``       ProxyNCA++ loss: softmax over all proxies, scale 9 (temperature 1/9); proxies x100
+``MS``         multi-similarity (alpha 2, beta 50, base 0.5), no miner (``miner_epsilon``: the MS miner)
+``XBM``        the authors' contrastive (cosine, margin 0.5) on the batch + against a memory of
+               25/25/1400/400 batches of 32 by ``dataset``; memory fills after 1000 steps, its loss
+               starts once it is full
+``PNCA``       ProxyNCA as the GSP authors: softmax over cos / 0.11 to all proxies; proxies x100
+               (``similarity="squared_l2"``: ProxyNCA++'s squared distance)
+``PNCA++``     ProxyNCA++ loss: softmax over -||x - p||^2 / T, T = 1/9; proxies x1e5 (SOP x1e4)
 ``PAnchor``    Proxy-Anchor (alpha 32, margin 0.1); proxies x100
 ``PAnchor+NIR``/``PNCA+NIR``  ``L_NIR + w * L_proxy`` (NIR: FrEIA flow, proxies x4000, flow x50)
 =============  ===========================================================================
 
 Every loss accepts ``dataset`` (``cub``, ``cars196``, ``sop``, ``inshop``), used where the loss has
-per-dataset reference settings (C2 margins, NIR weight ``w``) and otherwise only validated, so a
+per-dataset reference settings (C2 margins, XBM memory, PNCA++ proxy lr, NIR weight ``w``) and otherwise only validated, so a
 config can pass it to any loss. A proxy loss's ``proxy_lr_mult`` is the one setting of its proxies'
 learning-rate multiplier. A new loss is a builder ``(num_classes, embedding_dim, **settings) ->
 DMLLoss`` registered with ``@LOSSES.register("Name")``; ``with_nir(builder, "Name+NIR")`` adds NIR
@@ -26,8 +30,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from typing import Any, Callable, Optional
 
+import torch
+from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 
@@ -39,7 +46,12 @@ from gspdml.losses.presets import (
     NIR_FLOW_LR_MULT,
     NIR_PROXY_LR_MULT,
     NIR_WEIGHTS,
+    PNCA_PP_PROXY_LR_MULT,
+    PNCA_PP_TEMPERATURE,
+    PNCA_TEMPERATURE,
     PROXY_LR_MULT,
+    XBM_MEMORY_SIZES,
+    XBM_START,
     dataset_key,
 )
 from gspdml.losses.wrappers import DMLLoss, NIRProxyLoss, PairLoss, ProxyLoss, XBMLoss
@@ -98,7 +110,7 @@ def multi_similarity(
     alpha: float = 2.0,
     beta: float = 50.0,
     base: float = 0.5,
-    miner_epsilon: Optional[float] = 0.1,
+    miner_epsilon: Optional[float] = None,
     dataset: Optional[str] = None,
 ) -> DMLLoss:
     dataset_key(dataset, "MS")
@@ -110,24 +122,74 @@ def multi_similarity(
 def xbm(
     num_classes: int,
     embedding_dim: int,
-    memory_size: int = 4096,
-    warmup_iters: int = 1000,
+    dataset: Optional[str] = "cub",
+    memory_size: Optional[int] = None,
+    warmup_iters: int = XBM_START,
+    pair_loss: str = "original_contrastive",
+    margin: float = 0.5,
     pos_margin: float = 0.0,
     neg_margin: float = 0.5,
     memory_weight: float = 1.0,
-    dataset: Optional[str] = None,
 ) -> DMLLoss:
-    dataset_key(dataset, "XBM")
-    return XBMLoss(embedding_dim, memory_size, warmup_iters, pos_margin, neg_margin, memory_weight)
+    key = dataset_key(dataset, "XBM")
+    if memory_size is None:
+        if key is None:
+            raise ConfigError(f"loss 'XBM': give dataset ({', '.join(DATASETS)}) or memory_size")
+        memory_size = XBM_MEMORY_SIZES[key]
+    return XBMLoss(embedding_dim, memory_size, warmup_iters, pos_margin, neg_margin, memory_weight, pair_loss, margin)
+
+
+#: The similarities of ``PNCA``: the GSP authors' cosine and ProxyNCA++'s squared distance.
+PNCA_SIMILARITIES = ("cosine", "squared_l2")
+
+
+def _check_positive(value: Any, what: str, loss: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"loss {loss!r}: {what} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 @LOSSES.register("PNCA")
 def proxy_nca(
-    num_classes: int, embedding_dim: int, softmax_scale: float = 9.0, proxy_lr_mult: float = PROXY_LR_MULT, dataset: Optional[str] = None
+    num_classes: int,
+    embedding_dim: int,
+    softmax_scale: Optional[float] = None,
+    similarity: str = "cosine",
+    proxy_lr_mult: float = PROXY_LR_MULT,
+    dataset: Optional[str] = None,
 ) -> ProxyLoss:
     dataset_key(dataset, "PNCA")
-    loss = pml_losses.ProxyNCALoss(num_classes=num_classes, embedding_size=embedding_dim, softmax_scale=softmax_scale)
+    if similarity not in PNCA_SIMILARITIES:
+        raise ConfigError(f"loss 'PNCA': similarity must be one of {', '.join(PNCA_SIMILARITIES)}, got {similarity!r}")
+    if softmax_scale is None:
+        softmax_scale = 1.0 / PNCA_TEMPERATURE if similarity == "cosine" else 1.0 / PNCA_PP_TEMPERATURE
+    scale = _check_positive(softmax_scale, "softmax_scale", "PNCA")
+    distance = pml_distances.CosineSimilarity() if similarity == "cosine" else pml_distances.LpDistance(power=2)
+    loss = pml_losses.ProxyNCALoss(num_classes=num_classes, embedding_size=embedding_dim, softmax_scale=scale, distance=distance)
     return ProxyLoss("PNCA", loss, embedding_dim, proxy_lr_mult)
+
+
+@LOSSES.register("PNCA++")
+def proxy_nca_pp(
+    num_classes: int,
+    embedding_dim: int,
+    dataset: Optional[str] = "cub",
+    temperature: float = PNCA_PP_TEMPERATURE,
+    proxy_lr_mult: Optional[float] = None,
+) -> ProxyLoss:
+    key = dataset_key(dataset, "PNCA++")
+    temperature = _check_positive(temperature, "temperature", "PNCA++")
+    if proxy_lr_mult is None:
+        if key is None:
+            raise ConfigError(f"loss 'PNCA++': give dataset ({', '.join(DATASETS)}) or proxy_lr_mult")
+        proxy_lr_mult = PNCA_PP_PROXY_LR_MULT[key]
+    loss = pml_losses.ProxyNCALoss(
+        num_classes=num_classes, embedding_size=embedding_dim, softmax_scale=1.0 / temperature,
+        distance=pml_distances.LpDistance(power=2),
+    )
+    with torch.no_grad():  # ProxyNCA++'s initialisation (one draw, as PML's)
+        loss.proxies.copy_(torch.randn(num_classes, embedding_dim) / 8)
+    return ProxyLoss("PNCA++", loss, embedding_dim, proxy_lr_mult)
 
 
 @LOSSES.register("PAnchor")

@@ -11,13 +11,14 @@ from typing import Optional
 
 import torch
 from pytorch_metric_learning import losses as pml_losses
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gspdml.errors import ConfigError, InputError
 from gspdml.losses.nir import NIRLoss
 from gspdml.losses.presets import NIR_FLOW_LR_MULT, PROXY_LR_MULT
 
-__all__ = ["check_batch", "DMLLoss", "PairLoss", "XBMLoss", "ProxyLoss", "NIRProxyLoss"]
+__all__ = ["check_batch", "original_contrastive", "DMLLoss", "PairLoss", "XBMLoss", "ProxyLoss", "NIRProxyLoss"]
 
 
 def check_batch(embeddings: Tensor, labels: Tensor, where: str, embedding_dim: Optional[int] = None) -> None:
@@ -63,28 +64,66 @@ class PairLoss(DMLLoss):
         return self.loss(embeddings, labels, indices)
 
 
-class XBMLoss(DMLLoss):
-    """Cross-batch memory (Wang et al. 2020) with a contrastive loss.
+def original_contrastive(
+    embeddings: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor, margin: float, exclude_self: bool, eps: float = 1e-5
+) -> Tensor:
+    """The GSP authors' single-margin contrastive loss over (reference, sample) pairs (cosine similarity).
 
-    ``L = L_contrastive(batch) + memory_weight * L_contrastive(batch vs memory)``. During the first
-    ``warmup_iters`` training iterations only the batch loss is used and nothing is enqueued (as in
-    the XBM code); afterwards each training step enqueues the batch (detached) into a FIFO memory
-    of ``memory_size`` embeddings (PML's ``CrossBatchMemory``) and adds the memory loss. The
-    iteration counter, the memory and its write pointer are buffers (checkpointed). Forward calls
-    in eval mode neither count iterations nor touch the memory (batch loss only). The reference
-    values of the settings are the defaults of the ``XBM`` builder.
+    ``[sum_pos relu(1 - eps - s) + sum_neg relu(s - margin)] / R`` with ``s`` the cosine similarity of
+    a reference row (R rows) and a sample; ``exclude_self`` drops the diagonal (``ref`` is the batch).
+    The ``eps`` drops positives with ``s > 1 - eps``, e.g. a sample and its own copy in the XBM memory.
+    """
+    sim = F.normalize(ref, dim=1) @ F.normalize(embeddings, dim=1).T  # (R, N)
+    same = ref_labels[:, None] == labels[None, :]
+    pos = same & ~torch.eye(*same.shape, dtype=torch.bool, device=same.device) if exclude_self else same
+    pos_terms = torch.where(pos, torch.relu(1.0 - eps - sim), torch.zeros_like(sim))
+    neg_terms = torch.where(~same, torch.relu(sim - margin), torch.zeros_like(sim))
+    return (pos_terms.sum() + neg_terms.sum()) / ref.shape[0]
+
+
+#: The pair losses of XBM: the GSP authors' ``original_contrastive`` and PML's two-margin contrastive.
+XBM_PAIR_LOSSES = ("original_contrastive", "contrastive")
+
+
+class XBMLoss(DMLLoss):
+    """Cross-batch memory (Wang et al. 2020) with a contrastive loss, scheduled as the GSP authors' TF.
+
+    ``L = L_pair(batch) + memory_weight * L_pair(batch vs memory)``. The first ``warmup_iters``
+    training steps use the batch loss only and store nothing (the authors' ``start_at``); then every
+    training step enqueues the batch (detached) into a FIFO memory of ``memory_size`` embeddings, and
+    the memory loss is added from the step at which the memory becomes full (``warmup_iters`` +
+    ``ceil(memory_size / batch)`` steps; the authors: ``start_at + batches_in_mem``), always over the
+    whole memory, the current batch included. ``pair_loss``: ``"original_contrastive"`` (the authors':
+    cosine, ``margin``, :func:`original_contrastive`, the memory term divided by the memory size) or
+    ``"contrastive"`` (PML's ``ContrastiveLoss`` with ``pos_margin``/``neg_margin``; the memory term via
+    PML's ``CrossBatchMemory``, self pairs removed). The iteration counter, the memory and its write
+    pointer are buffers (checkpointed). Forward calls in eval mode neither count nor store.
     """
 
     def __init__(
-        self, embedding_dim: int, memory_size: int, warmup_iters: int, pos_margin: float, neg_margin: float, memory_weight: float
+        self,
+        embedding_dim: int,
+        memory_size: int,
+        warmup_iters: int,
+        pos_margin: float = 0.0,
+        neg_margin: float = 0.5,
+        memory_weight: float = 1.0,
+        pair_loss: str = "original_contrastive",
+        margin: float = 0.5,
     ) -> None:
         super().__init__()
-        if memory_size <= 0 or warmup_iters < 0:
-            raise ConfigError(f"XBM: memory_size must be > 0 and warmup_iters >= 0, got {memory_size}, {warmup_iters}")
+        if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size <= 0:
+            raise ConfigError(f"XBM: memory_size must be a positive int, got {memory_size!r}")
+        if isinstance(warmup_iters, bool) or not isinstance(warmup_iters, int) or warmup_iters < 0:
+            raise ConfigError(f"XBM: warmup_iters must be an int >= 0, got {warmup_iters!r}")
+        if pair_loss not in XBM_PAIR_LOSSES:
+            raise ConfigError(f"XBM: pair_loss must be one of {', '.join(XBM_PAIR_LOSSES)}, got {pair_loss!r}")
         self.name = "XBM"
         self.embedding_dim = embedding_dim
         self.warmup_iters = int(warmup_iters)
         self.memory_weight = float(memory_weight)
+        self.pair_loss = pair_loss
+        self.margin = float(margin)
         self.batch_loss = pml_losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin)
         self.memory = pml_losses.CrossBatchMemory(
             pml_losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin), embedding_dim, memory_size=memory_size
@@ -95,17 +134,27 @@ class XBMLoss(DMLLoss):
 
     @property
     def memory_active(self) -> bool:
-        """Whether the memory loss is used from the next training step on."""
+        """Whether the next training step stores its batch (the warm-up is over)."""
         return int(self.iteration) >= self.warmup_iters
+
+    @property
+    def memory_loss_active(self) -> bool:
+        """Whether the memory is full, i.e. the memory loss is used from the next training step on."""
+        return bool(self.memory_filled)
 
     def memory_contents(self) -> tuple[Tensor, Tensor]:
         """The valid part of the memory: ``(embeddings (M, D), labels (M,))``."""
         n = self.memory.memory_size if bool(self.memory_filled) else int(self.queue_idx)
         return self.memory.embedding_memory[:n], self.memory.label_memory[:n]
 
+    def _pair(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if self.pair_loss == "contrastive":
+            return self.batch_loss(embeddings, labels)
+        return original_contrastive(embeddings, labels, embeddings, labels, self.margin, exclude_self=True)
+
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         check_batch(embeddings, labels, self.name, self.embedding_dim)
-        loss = self.batch_loss(embeddings, labels)
+        loss = self._pair(embeddings, labels)
         if not self.training:
             return loss
         if embeddings.shape[0] > self.memory.memory_size:
@@ -114,11 +163,33 @@ class XBMLoss(DMLLoss):
         if int(self.iteration) <= self.warmup_iters:
             return loss
         # PML keeps the pointer in plain attributes: restore them from our buffers and write back.
-        self.memory.queue_idx = int(self.queue_idx)
-        self.memory.has_been_filled = bool(self.memory_filled)
-        memory_loss = self.memory(embeddings, labels)
-        self.queue_idx.fill_(int(self.memory.queue_idx))
-        self.memory_filled.fill_(bool(self.memory.has_been_filled))
+        mem = self.memory
+        mem.queue_idx = int(self.queue_idx)
+        mem.has_been_filled = bool(self.memory_filled)
+        mem.embedding_memory = mem.embedding_memory.to(device=embeddings.device, dtype=embeddings.dtype)
+        mem.label_memory = mem.label_memory.to(device=labels.device, dtype=labels.dtype)
+        full_before = mem.has_been_filled
+        if self.pair_loss == "contrastive" and full_before:
+            memory_loss: Optional[Tensor] = mem(embeddings, labels)
+        else:
+            mem.add_to_memory(embeddings, labels, embeddings.shape[0])
+            memory_loss = None
+            if mem.has_been_filled:
+                if self.pair_loss == "contrastive":
+                    # the batch just filled the memory: the loss over it, as CrossBatchMemory computes it
+                    # (self pairs removed)
+                    indices = mem.create_indices_tuple(
+                        embeddings, labels, mem.embedding_memory, mem.label_memory, None, True
+                    )
+                    memory_loss = mem.loss(embeddings, labels, indices, mem.embedding_memory, mem.label_memory)
+                else:
+                    memory_loss = original_contrastive(
+                        embeddings, labels, mem.embedding_memory, mem.label_memory, self.margin, exclude_self=False
+                    )
+        self.queue_idx.fill_(int(mem.queue_idx))
+        self.memory_filled.fill_(bool(mem.has_been_filled))
+        if memory_loss is None:
+            return loss
         return loss + self.memory_weight * memory_loss
 
 
