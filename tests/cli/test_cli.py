@@ -62,7 +62,8 @@ def _leaf_commands():
 def test_table_lists_every_command():
     assert {" ".join(p) for p in _leaf_commands()} == {
         "demo", "train", "eval", "protocol", "configs", "bench gsp", "bench train", "bench eval",
-        "analyze zeroshot", "viz weights", "viz prototypes", "export"}
+        "analyze zeroshot", "viz weights", "viz prototypes", "viz assignments", "export", "study poolings",
+        "pretrain"}
 
 
 @pytest.mark.parametrize("path", [[]] + [list(p[:1]) for p in _leaf_commands() if len(p) > 1] + _leaf_commands(),

@@ -57,7 +57,7 @@ def test_small_and_none():
 def test_unknown_choices():
     with pytest.raises(ConfigError, match="mlrc, none, small"):
         build_transform("big", True, "none")
-    with pytest.raises(ConfigError, match="bninception, imagenet, none"):
+    with pytest.raises(ConfigError, match="bninception, cifar10, cifar100, imagenet, none"):
         build_transform("mlrc", True, "caffe")
 
 

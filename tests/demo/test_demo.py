@@ -110,3 +110,45 @@ def test_demo_refuses_non_empty_out(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "x.txt").read_text() == "keep me"
+
+
+def test_digits_weight_figures_side_by_side(tmp_path):
+    from gspdml.data import build_dataset
+    from gspdml.demo.report import digits_weight_figures, write_report
+    from gspdml.demo.studies import RunOutput
+
+    test_ds = build_dataset("digits_collage", None, "test", grid=3, upsample=2, samples_per_class=2, seed=0)
+    n = len(test_ds)
+    rng = np.random.default_rng(0)
+
+    def run(method, seed=0, marginals=False):
+        details = {"weights": torch.as_tensor(rng.random((n, 12, 12)))}
+        if marginals:
+            details["marginals"] = torch.softmax(torch.as_tensor(rng.random((n, 8))), 1)
+        return RunOutput("digits", method, seed, {}, 0.0, torch.zeros(n, 2),
+                         torch.as_tensor(test_ds.labels), details)
+
+    runs = [run("GAP"), run("GSP", marginals=True), run("GSP+L_ZS", marginals=True), run("GSP", seed=1)]
+    names = [f"{a}+{b}" for a, b in test_ds.pairs]
+    figures = digits_weight_figures(runs, 0, test_ds, names, tmp_path)
+    assert figures == {"digits_weights_compare": "digits_weights_compare.png",
+                       "digits_weights_gsp": "digits_weights_gsp.png",
+                       "digits_weights_gsp_zs": "digits_weights_gsp_zs.png",
+                       "digits_prototypes_gsp": "digits_prototypes_gsp.png",
+                       "digits_prototypes_gsp_zs": "digits_prototypes_gsp_zs.png"}
+    for name in figures.values():
+        assert (tmp_path / name).stat().st_size > 1000
+    from PIL import Image
+
+    from gspdml.viz.weights import comparison_figsize
+
+    w, h = comparison_figsize(3, test_ds.num_classes, title=True)  # 3 methods x one image per test class
+    with Image.open(tmp_path / "digits_weights_compare.png") as im:
+        assert im.size == (round(w * 120), round(h * 120))
+    summary = {"GAP": {"mean": {"map_at_r": 0.1}, "std": {"map_at_r": 0.0}, "values": {"map_at_r": [0.1]},
+                       "seeds": [0], "seconds": [1.0]}}
+    report = write_report(tmp_path / "report.md", {"digits": {"summary": summary, "train_size": 1, "test_size": n,
+                                                              "train_classes": 8, "test_classes": 7, "epochs": 1}},
+                          figures, {"budget": "quick", "seeds": 1, "seed_list": [0], "device": "cpu",
+                                    "wall_seconds": 1.0, "version": "x", "torch": "y"}).read_text()
+    assert "](digits_weights_compare.png)" in report and "outlined" in report

@@ -138,3 +138,91 @@ def test_prototype_colors_are_distinct_and_stable():
     for m in (9, 18):  # no grey (equal r, g, b) in the qualitative palettes
         rgb = prototype_colors(m)[:, :3]
         assert (rgb.max(1) - rgb.min(1) > 0.05).all()
+
+
+# ------------------------------------------------------------------ side-by-side overlays (item 8)
+def _digits_sample():
+    from gspdml.data import build_dataset
+
+    return build_dataset("digits_collage", None, "test", grid=3, upsample=2, samples_per_class=1, seed=0)
+
+
+def test_cell_rectangles_hand_computed():
+    from gspdml.viz.weights import cell_rectangles
+
+    mask = np.array([[False, True, False], [False, False, False], [True, False, False]])
+    # 48x48 image, 16-pixel cells; pixel centres at integers, so cell edges at -0.5
+    assert cell_rectangles(mask, (48, 48)) == [(15.5, -0.5, 16.0, 16.0), (-0.5, 31.5, 16.0, 16.0)]
+    assert cell_rectangles(np.zeros((2, 2), bool), (8, 8)) == []
+    with pytest.raises(InputError, match="not a multiple"):
+        cell_rectangles(mask, (47, 48))
+    with pytest.raises(InputError, match="bool"):
+        cell_rectangles(mask.astype(int), (48, 48))
+
+
+def test_weight_comparison_outlines_are_the_datasets_target_cells():
+    from matplotlib.patches import Rectangle
+
+    from gspdml.data.digits_collage import TARGET_DIGITS, load_digit_images
+    from gspdml.viz.weights import weight_comparison_figure
+
+    ds = _digits_sample()
+    n = len(ds)
+    rng = np.random.default_rng(1)
+    maps = {"GAP": np.full((n, 12, 12), 1 / 144), "GSP": rng.random((n, 12, 12)), "GSP+L_ZS": rng.random((n, 12, 12))}
+    fig = weight_comparison_figure(ds.images, maps, target_cells=ds.target_masks)
+    axes = fig.axes[: 3 * n]  # the last axes is the colour bar
+    digit_images, _ = load_digit_images()
+    for row in range(3):
+        for j in range(n):
+            rects = [p for p in axes[row * n + j].patches if isinstance(p, Rectangle)]
+            got = sorted((p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in rects)
+            expected = sorted((c * 16 - 0.5, r * 16 - 0.5, 16.0, 16.0)
+                              for r in range(3) for c in range(3) if ds.target_masks[j, r, c])
+            assert len(got) == 2 and got == expected
+            for x, y, w, h in got:  # the outlined pixels are a target digit's image, upsampled x2
+                r, c = int(y + 0.5) // 16, int(x + 0.5) // 16
+                assert ds.cell_digits[j, r, c] in TARGET_DIGITS
+                tile = np.repeat(np.repeat(digit_images[ds.cell_image_ids[j, r, c]], 2, 0), 2, 1)
+                np.testing.assert_array_equal(ds.images[j, int(y + 0.5):int(y + 0.5 + h), int(x + 0.5):int(x + 0.5 + w)],
+                                              tile)
+    # rows labelled by method, one shared colour bar
+    assert [axes[i * n].get_ylabel() for i in range(3)] == ["GAP", "GSP", "GSP+L_ZS"]
+    assert len(fig.axes) == 3 * n + 1
+
+
+def test_plot_weight_comparison_writes_the_expected_size(tmp_path):
+    from gspdml.viz.weights import plot_weight_comparison
+
+    ds = _digits_sample()
+    n = len(ds)
+    rng = np.random.default_rng(2)
+    maps = {m: rng.random((n, 12, 12)) for m in ("GAP", "GSP", "GSP+L_ZS")}
+    path = plot_weight_comparison(ds.images, maps, tmp_path / "cmp.png", titles=[str(p) for p in ds.pairs],
+                                  target_cells=ds.target_masks, panel_size=1.5, dpi=100)
+    assert _is_png(path)
+    with Image.open(path) as im:  # 1.5 in per panel + 1.4 in (labels, colour bar) x 0.3 in (margin)
+        assert im.size == (round((1.5 * n + 1.4) * 100), round((1.5 * 3 + 0.3) * 100))
+    path = plot_weight_comparison(ds.images, maps, tmp_path / "cmp_t.png", title="t", panel_size=1.5, dpi=100)
+    with Image.open(path) as im:
+        assert im.size == (round((1.5 * n + 1.4) * 100), round((1.5 * 3 + 0.6) * 100))
+
+
+def test_weight_comparison_errors(tmp_path):
+    from gspdml.viz.weights import plot_weight_comparison
+
+    images = np.random.rand(2, 12, 12)
+    with pytest.raises(InputError, match="non-empty mapping"):
+        plot_weight_comparison(images, {}, tmp_path / "x.png")
+    with pytest.raises(InputError, match="3 maps for 2 images"):
+        plot_weight_comparison(images, {"A": np.random.rand(3, 3, 3)}, tmp_path / "x.png")
+    with pytest.raises(InputError, match="target_cells"):
+        plot_weight_comparison(images, {"A": np.random.rand(2, 3, 3)}, tmp_path / "x.png",
+                               target_cells=np.zeros((3, 3, 3), bool))
+
+
+def test_plot_weight_maps_outlines_target_cells(tmp_path):
+    ds = _digits_sample()
+    path = plot_weight_maps(ds.images, np.random.rand(len(ds), 12, 12), tmp_path / "w.png",
+                            target_cells=ds.target_masks)
+    assert _is_png(path)

@@ -42,6 +42,8 @@ COMMANDS: dict[str, object] = {
                         "gspdml protocol -c cub_ms_gsp --repeats 3 data.root=/data/CUB_200_2011"),
     "export": Command("gspdml.cli.export", "export a trained model to ONNX or a torch.export .pt2 file, verified",
                       "gspdml export runs/digits_collage_gsp --format onnx --out model.onnx"),
+    "pretrain": Command("gspdml.cli.pretrain", "pretrain a backbone by classification (ResNet-20 on CIFAR-100)",
+                        "gspdml pretrain cifar100 --root data --out runs"),
     "configs": Command("gspdml.cli.configs", "list the configs shipped with gspdml (usable as -c NAME)",
                        "gspdml configs --json"),
     "bench": {
@@ -52,6 +54,11 @@ COMMANDS: dict[str, object] = {
         "eval": Command("gspdml.cli.bench:eval", "MAP@R evaluation time, faiss vs plain torch",
                         "gspdml bench eval --quick --json bench_eval.json"),
     },
+    "study": {
+        "poolings": Command("gspdml.cli.study:poolings",
+                            "every pooling x seeds on the Digits Collage: ranked table with the seed spread, plot",
+                            "gspdml study poolings --quick --poolings gap gsp --out zoo_run"),
+    },
     "analyze": {
         "zeroshot": Command("gspdml.cli.analyze:zeroshot", "zero-shot attribute evaluation of a trained checkpoint",
                             "gspdml analyze zeroshot --checkpoint runs/digits_collage_gsp --repeats 1000"),
@@ -61,6 +68,8 @@ COMMANDS: dict[str, object] = {
                            "gspdml viz weights --checkpoint runs/digits_collage_gsp --num 16 --by-prototype"),
         "prototypes": Command("gspdml.cli.viz:prototypes", "per-class prototype histograms of a checkpoint",
                               "gspdml viz prototypes --checkpoint runs/digits_collage_gsp --split test"),
+        "assignments": Command("gspdml.cli.viz:assignments", "images coloured by each location's dominant prototype (Fig. 5)",
+                               "gspdml viz assignments runs/cifar10_pnca_fig5 --num 8"),
     },
 }
 

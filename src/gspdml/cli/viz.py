@@ -14,7 +14,8 @@ import numpy as np
 from gspdml.cli import common
 from gspdml.errors import InputError
 
-__all__ = ["add_arguments_weights", "run_weights", "add_arguments_prototypes", "run_prototypes"]
+__all__ = ["add_arguments_weights", "run_weights", "add_arguments_prototypes", "run_prototypes",
+           "add_arguments_assignments", "run_assignments"]
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -125,6 +126,61 @@ def run_prototypes(args: argparse.Namespace) -> int:
         class_names=common.names_for_labels(dataset, classes),
         title=f"prototype histograms per class ({name}, {split}; "
               f"L_ZS {'on' if cfg.loss.zero_shot.enabled else 'off'})",
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- assignments
+def add_arguments_assignments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="RUN_OR_CKPT",
+                        help="a run folder (uses checkpoints/best.pt, else last.pt) or a checkpoint .pt file")
+    common.add_trust_argument(parser, "the checkpoint")
+    common.add_dataset_arguments(parser)
+    common.add_device_argument(parser)
+    common.add_batch_size_argument(parser, 64)
+    common.add_output_argument(parser, "output folder (default: <run folder>/analysis)")
+    parser.add_argument("--num", type=int, default=8, help="number of dataset samples to show (default 8)")
+    parser.add_argument("--ncols", type=int, default=None, help="panels per row (default up to 8)")
+    parser.add_argument("--min-weight", type=float, default=1.0,
+                        help="colour only locations whose pooling weight x n is at least this (1 = uniform; default 1)")
+    parser.add_argument("--name", default=None, help="output file name (default assignments_<dataset>_<split>.png)")
+
+
+def run_assignments(args: argparse.Namespace) -> int:
+    import torch
+
+    from gspdml.analysis.weights import check_image_model, find_gsp, pooling_weight_maps
+    from gspdml.viz.assignments import dominant_assignments, plot_assignments, transport_plans
+    from gspdml.viz.weights import to_display_image
+
+    common.check_positive("--num", args.num)
+    if not args.min_weight >= 0:
+        raise InputError(f"--min-weight must be >= 0, got {args.min_weight}")
+    device, model, cfg, extra, out_dir = common.load_for_analysis(args)
+    check_image_model(model, "gspdml viz assignments")
+    gsp = find_gsp(model)
+    dataset, split = common.eval_dataset(cfg, args.split)
+    count = min(args.num, len(dataset))
+    if count == 0:
+        raise InputError(f"dataset {cfg.data.dataset!r} split {split!r} is empty")
+    idx = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))
+    items = [dataset[int(i)] for i in idx]
+    xs = torch.stack([torch.as_tensor(x) for x, _ in items])
+    _, features = pooling_weight_maps(model, xs, batch_size=args.batch_size, device=device, gsp=gsp)
+    if not gsp.is_initialized:
+        print("note: the GSP prototypes are not initialised yet (k-center pending); the assignments use the "
+              "current prototypes")
+    plan, weights = transport_plans(features, gsp.prototypes, gsp.mu, gsp.eps, solver=gsp.solver, iters=gsp.iters)
+    dominant = dominant_assignments(plan, weights, args.min_weight)
+    norm = common.display_normalization(cfg)
+    images = np.stack([to_display_image(x, norm) for x in xs])
+    file_name = args.name or f"assignments_{cfg.data.dataset}_{split}.png"
+    common.check_output_file(out_dir / file_name, "--name" if args.name else "--out")
+    path = plot_assignments(
+        images, dominant, weights, out_dir / file_name, num_prototypes=int(gsp.prototypes.shape[0]),
+        titles=common.names_for_labels(dataset, [int(y) for _, y in items]), ncols=args.ncols,
+        title=f"dominant prototype per location ({cfg.name}, {split})",
     )
     print(f"wrote {path}")
     return 0

@@ -10,11 +10,15 @@ released ``grid=2`` a sample is 64x64 and the target covers a quarter of it.
 Sub-classes (the 5 fine classes of each super-class, in CIFAR's sorted fine-label order) are split
 so that test sub-classes are unseen in training, for targets and backgrounds alike:
 
-* ``variant="released"`` (default): ``grid=2``; ``train`` uses sub-classes ``[:3]``, ``test`` ``[3:]``.
-* ``variant="paper"``: the paper's text, ``grid=4`` (128x128); ``train`` ``[:2]``, ``val`` ``[2:3]``,
-  ``test`` ``[3:]``.
+* ``split_scheme="3/2"`` (the released generator): ``train`` uses sub-classes ``[:3]``, ``test``
+  ``[3:]`` (60 / 40 fine classes, of them 48 / 32 targets).
+* ``split_scheme="2/1/2"`` (the paper's text, Sec. 5.1): ``train`` ``[:2]``, ``val`` ``[2:3]``,
+  ``test`` ``[3:]`` (40 / 20 / 40 fine classes, 32 / 16 / 32 targets).
 
-``grid`` overrides the grid of either variant. Images come from the CIFAR-100 ``train`` file for
+The split's sub-classes are disjoint, the labels (the 16 target super-classes) are shared.
+``variant="released"`` (default) is ``grid=2`` with the 3/2 split, ``variant="paper"`` ``grid=4``
+(128x128) with the 2/1/2 split; ``split_scheme`` and ``grid`` override either variant's
+(:func:`subclass_split` lists the fine classes of every split). Images come from the CIFAR-100 ``train`` file for
 the ``train`` split and from the ``test`` file otherwise (``source`` overrides). By default each
 target image of the split's pool is used once (``num_samples`` = pool size, in a seeded random
 order; larger values cycle through the pool). Everything is determined by ``seed``; the cell layout
@@ -34,10 +38,13 @@ from gspdml.data.registry import DATASETS
 from gspdml.errors import ConfigError, DataError, unknown_choice
 
 BACKGROUND_SUPERCLASSES = ("large_man-made_outdoor_things", "large_natural_outdoor_scenes", "trees", "flowers")
-VARIANTS = {
-    "released": {"grid": 2, "subclasses": {"train": slice(0, 3), "test": slice(3, None)}},
-    "paper": {"grid": 4, "subclasses": {"train": slice(0, 2), "val": slice(2, 3), "test": slice(3, None)}},
+VARIANTS = {"released": {"grid": 2}, "paper": {"grid": 4}}
+#: sub-classes (positions among a super-class's 5 fine classes, sorted by fine label) per split
+SPLIT_SCHEMES = {
+    "3/2": {"train": slice(0, 3), "test": slice(3, None)},
+    "2/1/2": {"train": slice(0, 2), "val": slice(2, 3), "test": slice(3, None)},
 }
+_VARIANT_SCHEME = {"released": "3/2", "paper": "2/1/2"}
 _SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
 CELL = 32
 
@@ -65,6 +72,22 @@ def subclass_pools(arr: CifarArrays, subclasses: slice) -> tuple[np.ndarray, np.
     return targets, backgrounds, target_names, fine_of
 
 
+def subclass_split(arr: CifarArrays, split_scheme: str = "3/2") -> dict[str, dict[str, list[str]]]:
+    """The fine classes of every split of ``split_scheme``: ``{split: {"targets": [...],
+    "backgrounds": [...]}}`` (CIFAR-100 fine class names, sorted)."""
+    if split_scheme not in SPLIT_SCHEMES:
+        raise unknown_choice("cifar_collage split_scheme", split_scheme, SPLIT_SCHEMES)
+    names = arr.coarse_names
+    out: dict[str, dict[str, list[str]]] = {}
+    for split, sub in SPLIT_SCHEMES[split_scheme].items():
+        targets, backgrounds = [], []
+        for coarse, name in enumerate(names):
+            fines = sorted(np.unique(arr.labels[arr.coarse_labels == coarse]).tolist())[sub]
+            (backgrounds if name in BACKGROUND_SUPERCLASSES else targets).extend(arr.label_names[f] for f in fines)
+        out[split] = {"targets": sorted(targets), "backgrounds": sorted(backgrounds)}
+    return out
+
+
 class CifarCollage(LabeledDataset):
     """Cifar Collage samples; see the module docstring.
 
@@ -74,12 +97,17 @@ class CifarCollage(LabeledDataset):
     """
 
     def __init__(self, arr: CifarArrays, split: str, transform: Callable | None = None, *, variant: str = "released",
-                 grid: int | None = None, seed: int = 0, num_samples: int | None = None) -> None:
+                 grid: int | None = None, seed: int = 0, num_samples: int | None = None,
+                 split_scheme: str | None = None) -> None:
         spec = VARIANTS[variant]
+        self.split_scheme = split_scheme or _VARIANT_SCHEME[variant]
+        if self.split_scheme not in SPLIT_SCHEMES:
+            raise unknown_choice("cifar_collage split_scheme", self.split_scheme, SPLIT_SCHEMES)
+        check_split(f"cifar_collage (split_scheme {self.split_scheme})", split, tuple(SPLIT_SCHEMES[self.split_scheme]))
         self.grid = int(grid if grid is not None else spec["grid"])
         if self.grid < 2:
             raise ConfigError(f"cifar_collage grid must be >= 2, got {self.grid}")
-        targets, backgrounds, target_names, _ = subclass_pools(arr, spec["subclasses"][split])
+        targets, backgrounds, target_names, _ = subclass_pools(arr, SPLIT_SCHEMES[self.split_scheme][split])
         if len(targets) == 0 or len(backgrounds) == 0:
             raise DataError(f"cifar_collage {split}: no {'target' if len(targets) == 0 else 'background'} images in the chosen sub-classes")
         n = len(targets) if num_samples is None else int(num_samples)
@@ -123,13 +151,19 @@ class CifarCollage(LabeledDataset):
 
 @DATASETS.register("cifar_collage")
 def build(root: str, split: str, transform: Callable | None = None, *, variant: str = "released", grid: int | None = None,
-          seed: int = 0, num_samples: int | None = None, source: str | None = None) -> CifarCollage:
-    """Cifar Collage ``train``/``test`` (``val`` too for ``variant="paper"``) from ``root``'s cifar-100-python/."""
+          seed: int = 0, num_samples: int | None = None, source: str | None = None,
+          split_scheme: str | None = None) -> CifarCollage:
+    """Cifar Collage ``train``/``test`` (``val`` too with the ``2/1/2`` split, ``variant="paper"``'s)
+    from ``root``'s cifar-100-python/; ``split_scheme`` ``3/2`` or ``2/1/2`` (default: the variant's)."""
     if variant not in VARIANTS:
         raise unknown_choice("cifar_collage variant", variant, VARIANTS)
-    check_split("cifar_collage", split, tuple(VARIANTS[variant]["subclasses"]))
+    scheme = split_scheme or _VARIANT_SCHEME[variant]
+    if scheme not in SPLIT_SCHEMES:
+        raise unknown_choice("cifar_collage split_scheme", scheme, SPLIT_SCHEMES)
+    check_split("cifar_collage", split, tuple(SPLIT_SCHEMES[scheme]))
     if source is None:
         source = "train" if split == "train" else "test"
     check_split("cifar_collage source", source, ("train", "test"))
     arr = load_cifar100(root, source)
-    return CifarCollage(arr, split, transform, variant=variant, grid=grid, seed=seed, num_samples=num_samples)
+    return CifarCollage(arr, split, transform, variant=variant, grid=grid, seed=seed, num_samples=num_samples,
+                        split_scheme=scheme)

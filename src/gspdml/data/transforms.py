@@ -15,7 +15,10 @@
 
 ``normalization``: ``"bninception"`` (BGR channel order, values x255, minus mean
 [104, 117, 128] in B, G, R order, std 1 — Caffe BN-Inception), ``"imagenet"`` (RGB in [0, 1],
-ImageNet mean/std) or ``"none"`` (RGB float in [0, 1]).
+ImageNet mean/std), ``"cifar10"`` / ``"cifar100"`` (RGB in [0, 1], the per-channel mean and std of
+the dataset's 50,000 training images: CIFAR-10 mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435,
+0.2616); CIFAR-100 mean (0.5071, 0.4865, 0.4409), std (0.2673, 0.2564, 0.2762), computed from the
+archives of Krizhevsky 2009) or ``"none"`` (RGB float in [0, 1]).
 Every pipeline returns a float32 (3, H, W) tensor.
 """
 from __future__ import annotations
@@ -33,6 +36,8 @@ CROP_KINDS = {"mlrc": {"crop": 227, "ratio": 256 / 227, "scale": (0.16, 1.0), "r
 NORMALIZATIONS = {
     "bninception": {"mean": (104.0, 117.0, 128.0), "std": (1.0, 1.0, 1.0), "bgr": True, "scale": 255.0},
     "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "bgr": False, "scale": 1.0},
+    "cifar10": {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616), "bgr": False, "scale": 1.0},
+    "cifar100": {"mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762), "bgr": False, "scale": 1.0},
     "none": {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "bgr": False, "scale": 1.0},
 }
 
@@ -69,7 +74,7 @@ def build_transform(kind: str = "mlrc", train: bool = True, normalization: str =
     Args:
         kind: ``mlrc``, ``small`` or ``none``.
         train: training augmentation (True) or deterministic evaluation pipeline (False).
-        normalization: ``bninception``, ``imagenet`` or ``none``.
+        normalization: ``bninception``, ``imagenet``, ``cifar10``, ``cifar100`` or ``none``.
         image_size: output size (mlrc: crop size, default 227; small: resize to this size, default keep).
         resize_size: mlrc eval resize before the center crop (default ``round(image_size*256/227)``).
         flip: random horizontal flip in training (default True for mlrc, False for small).

@@ -15,7 +15,8 @@ import numpy as np
 
 from gspdml.io import format_table
 
-__all__ = ["METRIC_NAMES", "summary_table", "verdict", "plot_clutter_sweep", "write_report"]
+__all__ = ["METRIC_NAMES", "summary_table", "compare", "verdict", "plot_clutter_sweep", "digits_weight_figures",
+           "write_report"]
 
 #: metric key -> column title
 METRIC_NAMES = {"map_at_r": "MAP@R", "r_precision": "R-Precision", "precision_at_1": "P@1"}
@@ -43,14 +44,20 @@ def summary_table(summary: dict[str, dict], markdown: bool = True, weights: bool
     return format_table(["method"] + cols, rows, markdown=markdown)
 
 
+def compare(a: dict, b: dict, key: str = "map_at_r") -> tuple[float, float, int]:
+    """``(mean_a - mean_b, combined seed spread sqrt(std_a^2 + std_b^2), fewer seed count)`` of two
+    summary entries (as from :func:`gspdml.demo.studies.summarize_runs`) on ``key``: the one rule
+    of the demo's and the pooling zoo's verdicts (a gap counts when it exceeds the spread)."""
+    diff = a["mean"][key] - b["mean"][key]
+    noise = math.hypot(a["std"][key], b["std"][key])
+    return diff, noise, min(len(a["seeds"]), len(b["seeds"]))
+
+
 def verdict(summary: dict[str, dict], method: str, baseline: str = "GAP", key: str = "map_at_r") -> str:
     """One honest sentence comparing ``method`` with ``baseline`` on ``key``."""
     if method not in summary or baseline not in summary:
         return ""
-    a, b = summary[method], summary[baseline]
-    diff = a["mean"][key] - b["mean"][key]
-    noise = math.hypot(a["std"][key], b["std"][key])
-    n = min(len(a["seeds"]), len(b["seeds"]))
+    diff, noise, n = compare(summary[method], summary[baseline], key)
     name = METRIC_NAMES.get(key, key)
     if n < 2:
         return (f"{method} vs {baseline}: {name} {diff:+.3f} from a single seed; no seed-to-seed spread "
@@ -95,6 +102,62 @@ def plot_clutter_sweep(sweep: dict[int, dict[str, dict]], path: str | os.PathLik
     from gspdml.viz.figure import save_figure
 
     return save_figure(fig, path, dpi=110)
+
+
+#: demo method -> file tag of its weight-map figure
+WEIGHT_FIGURE_TAGS = {"GAP": "gap", "GSP": "gsp", "GSP+L_ZS": "gsp_zs", "Attention": "attention"}
+
+
+def digits_weight_figures(runs, seed: int, test_ds, pair_names, folder: str | os.PathLike) -> dict[str, str]:
+    """The Digits Collage figures of the runs of ``seed`` on the unseen test images; returns
+    ``{figure key: file name}``.
+
+    * ``digits_weights_compare``: GAP / GSP / GSP+L_ZS (and Attention when run) side by side on
+      the same images (:func:`gspdml.viz.weights.plot_weight_comparison`): each weight map over
+      its image, one colour scale, the two target cells outlined;
+    * ``digits_weights_<tag>``: the map of each pooling method alone, target cells outlined;
+    * ``digits_prototypes_<tag>``: mean prototype marginals per test class (GSP methods).
+
+    The images are the first test image of every class: fixed in advance, not chosen by how the
+    maps look.
+    """
+    import torch
+
+    from gspdml.analysis.zeroshot import class_means
+    from gspdml.viz.prototypes import plot_prototype_histograms
+    from gspdml.viz.weights import plot_weight_comparison, plot_weight_maps
+
+    folder = Path(folder)
+    figures: dict[str, str] = {}
+    show = np.array([int(np.flatnonzero(test_ds.labels == c)[0]) for c in range(test_ds.num_classes)])
+    images = test_ds.images[show]
+    cells = np.asarray(test_ds.target_masks)[show]
+    titles = [pair_names[int(test_ds.labels[i])] for i in show]
+    index = torch.as_tensor(show, dtype=torch.long)
+    chosen = {r.method: r for r in runs if r.seed == seed and r.method in WEIGHT_FIGURE_TAGS
+              and "weights" in r.details}
+    order = [m for m in WEIGHT_FIGURE_TAGS if m in chosen]
+    if len(order) > 1:
+        maps = {m: chosen[m].details["weights"][index] for m in order}
+        path = plot_weight_comparison(images, maps, folder / "digits_weights_compare.png", titles=titles,
+                                      target_cells=cells, interpolation="nearest",
+                                      title="Pooling weights on unseen-class test images (target cells outlined)")
+        figures["digits_weights_compare"] = path.name
+    for method in order:
+        r, tag = chosen[method], WEIGHT_FIGURE_TAGS[method]
+        if method != "GAP":  # GAP's map is uniform by construction: shown in the comparison only
+            path = plot_weight_maps(images, r.details["weights"][index], folder / f"digits_weights_{tag}.png",
+                                    titles=titles, interpolation="nearest", target_cells=cells,
+                                    title=f"{method} pooling weights (x uniform), unseen classes")
+            figures[f"digits_weights_{tag}"] = path.name
+        z = r.details.get("marginals")
+        if z is not None and method.startswith("GSP"):
+            classes, hist = class_means(z, r.labels)
+            path = plot_prototype_histograms(hist, folder / f"digits_prototypes_{tag}.png",
+                                             class_names=[pair_names[int(c)] for c in classes],
+                                             title=f"{method}: mean prototype marginals per unseen class")
+            figures[f"digits_prototypes_{tag}"] = path.name
+    return figures
 
 
 def _weights_sentence(summary: dict[str, dict], method: str) -> str:
@@ -176,13 +239,21 @@ def write_report(path: str | os.PathLike, results: dict, figures: dict[str, str]
             if s and m != "GAP":
                 add("- " + s)
         add("")
+        if "digits_weights_compare" in figures:
+            add(f"![weight maps side by side]({figures['digits_weights_compare']})\n")
+            add("Pooling weights of each method (rows; first seed) on the same unseen-class test images "
+                "(columns: the first image of each test class, not chosen by quality; titles give the target "
+                "pair). Each map is upsampled to the image and laid over it as a semi-transparent heat layer, "
+                "relative to uniform: 1 = the weight GAP gives every location; one colour scale for all "
+                "panels. The two target cells of each image are outlined in cyan: a pooling that selects "
+                "the targets is bright inside the outlines and dark outside.\n")
         for key, caption in (("digits_weights_gsp", "GSP"), ("digits_weights_gsp_zs", "GSP+L_ZS"),
                              ("digits_weights_attention", "Attention")):
             if key in figures:
                 add(f"![{caption} weight maps]({figures[key]})\n")
                 add(f"{caption} pooling weights on unseen-class test images (first seed; the first image of each "
                     "test class, not chosen by quality), shown relative to uniform: 1 = the weight GAP gives "
-                    "every location. Titles give the target pair.\n")
+                    "every location; the target cells are outlined. Titles give the target pair.\n")
         for key, caption in (("digits_prototypes_gsp", "GSP"), ("digits_prototypes_gsp_zs", "GSP+L_ZS")):
             if key in figures:
                 add(f"![{caption} prototype histograms]({figures[key]})\n")

@@ -20,8 +20,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from gspdml.errors import InputError
 
 __all__ = ["run_demo"]
@@ -35,7 +33,9 @@ def _budget(quick: bool, full: bool):
     return BUDGETS["full" if full else "default"]
 
 
-def _out_dir(out) -> Path:
+def fresh_out_dir(out) -> Path:
+    """The run folder ``out`` (default ``gspdml_runs/demo-<UTC time>``), created; an existing
+    non-empty folder or a file there is an InputError (results are never overwritten)."""
     if out is None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         out = Path("gspdml_runs") / f"demo-{stamp}"
@@ -43,7 +43,7 @@ def _out_dir(out) -> Path:
     if path.exists() and not path.is_dir():
         raise InputError(f"--out {str(path)!r} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):
-        raise InputError(f"--out {str(path)!r} is not empty; choose a new folder (the demo never overwrites results)")
+        raise InputError(f"--out {str(path)!r} is not empty; choose a new folder (results are never overwritten)")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -86,7 +86,7 @@ def _run_studies(out, quick: bool, full: bool, seeds: int | None, device: str, p
     from gspdml.demo import report as rep
     from gspdml.io import write_json
     from gspdml.demo.studies import (
-        check_finite, digits_config, digits_target_mask, run_method, summarize_runs, token_target_mask,
+        check_finite, digits_config, digits_datasets, digits_target_mask, run_method, summarize_runs, token_target_mask,
         tokens_config,
     )
 
@@ -96,7 +96,7 @@ def _run_studies(out, quick: bool, full: bool, seeds: int | None, device: str, p
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"--seeds must be a positive integer, got {seeds!r}")
     seed_list = list(range(seeds))
-    folder = _out_dir(out)
+    folder = fresh_out_dir(out)
     start = time.perf_counter()
 
     token_methods = ("GAP", "GSP")
@@ -147,13 +147,6 @@ def _run_studies(out, quick: bool, full: bool, seeds: int | None, device: str, p
                                          for m in token_methods}
 
     # ---- 2. digits collage -----------------------------------------------------------------
-    def digits_data(grid: int):
-        opts = digits_config("GAP", budget, 0, device, grid)["data"]["options"]
-        train_ds = build_dataset("digits_collage", None, "train", **opts)
-        test_ds = build_dataset("digits_collage", None, "test", grid=grid, upsample=2,
-                                samples_per_class=budget.digits_test_per_class, seed=0)
-        return train_ds, test_ds
-
     def run_digits(methods, grid: int, train_ds, test_ds, seeds) -> list:
         runs = []
         for method in methods:
@@ -170,7 +163,7 @@ def _run_studies(out, quick: bool, full: bool, seeds: int | None, device: str, p
                      f"({r.seconds:.0f} s)")
         return runs
 
-    dig_train, dig_test = digits_data(3)
+    dig_train, dig_test = digits_datasets(budget, 3)
     dig_runs = run_digits(digit_methods, 3, dig_train, dig_test, seed_list)
     dig_summary = summarize_runs(dig_runs)
     results["digits"] = {
@@ -180,7 +173,7 @@ def _run_studies(out, quick: bool, full: bool, seeds: int | None, device: str, p
         "epochs": budget.digits_epochs,
     }
     pair_names = [f"{a}+{b}" for a, b in dig_test.pairs]
-    _digits_figures(dig_runs, seed_list[0], dig_test, pair_names, folder, figures)
+    figures.update(rep.digits_weight_figures(dig_runs, seed_list[0], dig_test, pair_names, folder))
 
     # ---- 3. clutter sweep (full) ----------------------------------------------------------
     if budget.sweep_grids:
@@ -188,7 +181,7 @@ def _run_studies(out, quick: bool, full: bool, seeds: int | None, device: str, p
         summaries = {3: summarize_runs([r for r in dig_runs if r.method in budget.sweep_methods
                                         and r.seed in sweep_seed_list])}
         for grid in sweep_grids:
-            train_ds, test_ds = digits_data(grid)
+            train_ds, test_ds = digits_datasets(budget, grid)
             summaries[grid] = summarize_runs(run_digits(budget.sweep_methods, grid, train_ds, test_ds,
                                                         sweep_seed_list))
         results["sweep"] = {"summaries": {str(g): s for g, s in sorted(summaries.items())},
@@ -222,33 +215,3 @@ def _run_studies(out, quick: bool, full: bool, seeds: int | None, device: str, p
             print(f"  {g}x{g}: {s['GSP']['mean']['map_at_r'] - s['GAP']['mean']['map_at_r']:+.3f}")
     print(f"\nWall time {wall / 60:.1f} min. Report: {folder / 'report.md'}")
     return metrics
-
-
-def _digits_figures(runs, seed: int, test_ds, pair_names, folder: Path, figures: dict) -> None:
-    """Weight maps and prototype histograms of the first seed's models on unseen test images."""
-    import torch
-
-    from gspdml.analysis.zeroshot import class_means
-    from gspdml.viz.prototypes import plot_prototype_histograms
-    from gspdml.viz.weights import plot_weight_maps
-
-    # the first image of every test class: fixed in advance, not chosen by how the maps look
-    show = np.array([int(np.flatnonzero(test_ds.labels == c)[0]) for c in range(test_ds.num_classes)])
-    images = test_ds.images[show]
-    titles = [pair_names[int(test_ds.labels[i])] for i in show]
-    tags = {"GSP": "gsp", "GSP+L_ZS": "gsp_zs", "Attention": "attention"}
-    for r in runs:
-        if r.seed != seed or r.method not in tags:
-            continue
-        tag = tags[r.method]
-        w = r.details["weights"][torch.as_tensor(show, dtype=torch.long)]
-        path = plot_weight_maps(images, w, folder / f"digits_weights_{tag}.png", titles=titles,
-                                interpolation="nearest", title=f"{r.method} pooling weights (x uniform), unseen classes")
-        figures[f"digits_weights_{tag}"] = path.name
-        z = r.details.get("marginals")
-        if z is not None and r.method.startswith("GSP"):
-            classes, hist = class_means(z, r.labels)
-            path = plot_prototype_histograms(hist, folder / f"digits_prototypes_{tag}.png",
-                                             class_names=[pair_names[int(c)] for c in classes],
-                                             title=f"{r.method}: mean prototype marginals per unseen class")
-            figures[f"digits_prototypes_{tag}"] = path.name

@@ -46,6 +46,7 @@ __all__ = [
     "METHODS",
     "RunOutput",
     "digits_config",
+    "digits_datasets",
     "tokens_config",
     "run_method",
     "weight_scores",
@@ -103,12 +104,13 @@ BUDGETS: dict[str, Budget] = {
 
 def _base_config(name: str, dataset: str, options: dict, backbone: str, backbone_kwargs: dict,
                  method: str, budget: Budget, epochs: int, lr: float, seed: int, device: str,
-                 local_dim: int, num_prototypes: int, num_classes: int = 8) -> dict:
-    if method not in METHODS:
-        raise InputError(f"unknown demo method {method!r}; valid: {', '.join(METHODS)}")
-    spec = METHODS[method]
+                 local_dim: int, num_prototypes: int, num_classes: int = 8, spec: dict | None = None) -> dict:
+    if spec is None:
+        if method not in METHODS:
+            raise InputError(f"unknown demo method {method!r}; valid: {', '.join(METHODS)}")
+        spec = METHODS[method]
     pooling_kwargs = dict(spec["pooling_kwargs"])
-    if spec["pooling"] == "gsp":
+    if spec["pooling"] == "gsp" and "num_prototypes" not in pooling_kwargs:
         pooling_kwargs["num_prototypes"] = num_prototypes
     return {
         "name": name,
@@ -129,15 +131,33 @@ def _base_config(name: str, dataset: str, options: dict, backbone: str, backbone
     }
 
 
-def digits_config(method: str, budget: Budget, seed: int, device: str = "cpu", grid: int = 3) -> dict:
-    """Training config (a dict for ``gspdml.engine.train``) of one Digits Collage run."""
+def digits_config(method: str, budget: Budget, seed: int, device: str = "cpu", grid: int = 3,
+                  spec: dict | None = None) -> dict:
+    """Training config (a dict for ``gspdml.engine.train``) of one Digits Collage run.
+
+    ``spec`` (``{"pooling", "pooling_kwargs", "zs"}``, as the entries of :data:`METHODS`) trains
+    another pooling with the same recipe (the pooling zoo, :mod:`gspdml.demo.zoo`); ``method``
+    then only names the run.
+    """
     options = {"grid": grid, "upsample": 2, "samples_per_class": budget.digits_train_per_class, "seed": 0}
     cfg = _base_config(f"digits-{method}-g{grid}-s{seed}", "digits_collage", options, "smallcnn",
                        {"in_channels": 1}, method, budget, budget.digits_epochs, 1e-3, seed, device,
-                       budget.local_dim, budget.num_prototypes)
+                       budget.local_dim, budget.num_prototypes, spec=spec)
     steps = budget.digits_epochs * (8 * budget.digits_train_per_class // 32)
     cfg["optim"]["warmup_steps"] = max(1, steps // 8)
     return cfg
+
+
+def digits_datasets(budget: Budget, grid: int = 3):
+    """``(train, test)`` Digits Collage splits of the demo's digits study at ``budget``: train on
+    the 8 seen pairs (the config's data options), test on the 7 unseen pairs (upsample 2, seed 0)."""
+    from gspdml.data import build_dataset
+
+    opts = digits_config("GAP", budget, 0, "cpu", grid)["data"]["options"]
+    train_ds = build_dataset("digits_collage", None, "train", **opts)
+    test_ds = build_dataset("digits_collage", None, "test", grid=grid, upsample=2,
+                            samples_per_class=budget.digits_test_per_class, seed=0)
+    return train_ds, test_ds
 
 
 def tokens_config(method: str, budget: Budget, seed: int, device: str = "cpu") -> dict:

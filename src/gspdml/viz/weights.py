@@ -9,6 +9,12 @@ bar. With ``dominant`` (the index of the prototype receiving most of each locati
 :func:`gspdml.viz.prototypes.prototype_colors`) with opacity growing with the weight, as in the
 paper's Fig. 5.
 
+:func:`plot_weight_comparison` puts several poolings side by side (one row per method, one column
+per image, e.g. GAP / GSP / GSP+L_ZS on the same test images): each map is a semi-transparent heat
+layer over its greyscale (or colour) image, all panels share one colour scale and bar, and known
+target cells (e.g. the Digits Collage's ``target_masks``) are outlined; :func:`cell_rectangles`
+gives those outlines in image pixel coordinates.
+
 Plots are written with matplotlib's object API (:func:`gspdml.viz.figure.save_figure`).
 """
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +37,14 @@ __all__ = [
     "nearest_prototypes",
     "relative_weights",
     "to_display_image",
+    "cell_rectangles",
+    "comparison_figsize",
+    "weight_comparison_figure",
+    "plot_weight_comparison",
 ]
+
+#: edge colour of the target-cell outlines (visible over grey images and the heat layer)
+OUTLINE_COLOR = "cyan"
 
 
 def _numpy(name: str, array) -> np.ndarray:
@@ -164,6 +177,7 @@ def plot_weight_maps(
     interpolation: str = "bilinear",
     vmax: float | None = None,
     title: str | None = None,
+    target_cells=None,
 ) -> Path:
     """Write a PNG grid of images with their pooling-weight maps overlaid.
 
@@ -184,6 +198,8 @@ def plot_weight_maps(
         interpolation: ``bilinear`` (default) or ``nearest`` upsampling of the maps.
         vmax: upper end of the relative-weight colour scale (default: the largest value, >= 2).
         title: optional figure title.
+        target_cells: optional (N, gh, gw) bool: known target cells of a grid over each image,
+            outlined (see :func:`cell_rectangles`).
 
     Returns the written path.
     """
@@ -208,6 +224,7 @@ def plot_weight_maps(
     rel_up = upsample_maps(rel, (height, width), interpolation)
     if not 0 < alpha <= 1:
         raise InputError(f"alpha must be in (0, 1]; got {alpha!r}")
+    outlines = _outlines(target_cells, n_img, (height, width))
 
     dom_up = None
     if dominant is not None:
@@ -249,6 +266,7 @@ def plot_weight_maps(
             rgba = colors[dom_up[i]].copy()
             rgba[..., 3] = alpha * np.clip(rel_up[i] / top, 0.0, 1.0)
             ax.imshow(rgba, interpolation="nearest")
+        _draw_outlines(ax, outlines[i])
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
     if dom_up is None:
@@ -267,3 +285,158 @@ def plot_weight_maps(
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------ side-by-side maps
+def cell_rectangles(cell_mask, image_size: tuple[int, int]) -> list[tuple[float, float, float, float]]:
+    """Outlines of the True cells of a grid mask over an image, in ``imshow`` pixel coordinates.
+
+    ``cell_mask`` is (gh, gw) bool (e.g. one entry of the Digits Collage's ``target_masks``) over
+    an image of ``image_size = (H, W)`` pixels (multiples of gh and gw). Returns one
+    ``(x, y, width, height)`` per True cell, row by row: the cell in row ``r``, column ``c``
+    covers pixels ``r*H/gh .. (r+1)*H/gh - 1``, whose edges lie half a pixel outside the pixel
+    centres, so ``x = c*W/gw - 0.5``, ``y = r*H/gh - 0.5``, ``width = W/gw``, ``height = H/gh``.
+    """
+    m = _numpy("cell_mask", cell_mask)
+    if m.ndim != 2 or m.dtype != bool:
+        raise InputError(f"cell_mask must be a (rows, cols) bool array; got {m.dtype} {m.shape}")
+    height, width = (int(s) for s in image_size)
+    gh, gw = m.shape
+    if height % gh or width % gw:
+        raise InputError(f"image size {(height, width)} is not a multiple of the cell grid {(gh, gw)}")
+    ch, cw = height // gh, width // gw
+    return [(float(c * cw) - 0.5, float(r * ch) - 0.5, float(cw), float(ch)) for r, c in zip(*np.nonzero(m))]
+
+
+def _outlines(target_cells, n_img: int, size: tuple[int, int]) -> list[list[tuple[float, float, float, float]]]:
+    if target_cells is None:
+        return [[] for _ in range(n_img)]
+    cells = _numpy("target_cells", target_cells)
+    if cells.ndim != 3 or cells.dtype != bool or len(cells) != n_img:
+        raise InputError(f"target_cells must be a (N={n_img}, rows, cols) bool array; got {cells.dtype} {cells.shape}")
+    return [cell_rectangles(c, size) for c in cells]
+
+
+def _draw_outlines(ax, rects) -> None:
+    from matplotlib.patches import Rectangle
+
+    for x, y, w, h in rects:
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=OUTLINE_COLOR, linewidth=1.3))
+
+
+def comparison_figsize(n_methods: int, n_images: int, panel_size: float = 1.6,
+                       title: bool = False) -> tuple[float, float]:
+    """Figure size (inches) of :func:`weight_comparison_figure`: ``panel_size`` per panel, plus
+    1.4 in of width (row labels and colour bar) and 0.3 in of height (0.6 with a title)."""
+    return (panel_size * n_images + 1.4, panel_size * n_methods + (0.6 if title else 0.3))
+
+
+def weight_comparison_figure(
+    images,
+    weights: Mapping[str, object],
+    titles: Sequence[str] | None = None,
+    target_cells=None,
+    interpolation: str = "bilinear",
+    alpha: float = 0.5,
+    cmap: str = "inferno",
+    vmax: float | None = None,
+    panel_size: float = 1.6,
+    title: str | None = None,
+):
+    """The side-by-side figure of :func:`plot_weight_comparison` (a ``matplotlib.figure.Figure``,
+    not written; its axes are row-major: method ``i``, image ``j`` is ``fig.axes[i * N + j]``)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    if not isinstance(weights, Mapping) or not weights:
+        raise InputError("weights must be a non-empty mapping method name -> (N, h, w) weight maps")
+    im = _prepare_images(images)
+    n_img = len(im)
+    if n_img == 0:
+        raise InputError("no images to plot")
+    height, width = im.shape[1:3]
+    rel = {}
+    for name, w in weights.items():
+        r = relative_weights(w)
+        if len(r) != n_img:
+            raise InputError(f"weights of {name!r}: {len(r)} maps for {n_img} images")
+        rel[str(name)] = upsample_maps(r, (height, width), interpolation)
+    if titles is not None:
+        titles = [str(t) for t in titles]
+        if len(titles) != n_img:
+            raise InputError(f"titles has {len(titles)} entries for {n_img} images")
+    if not 0 < alpha <= 1:
+        raise InputError(f"alpha must be in (0, 1]; got {alpha!r}")
+    if panel_size <= 0:
+        raise InputError(f"panel_size must be > 0; got {panel_size!r}")
+    outlines = _outlines(target_cells, n_img, (height, width))
+    top = max(max(float(r.max()) for r in rel.values()), 2.0) if vmax is None else float(vmax)
+    if top <= 1.0:
+        raise InputError(f"vmax must be > 1 (uniform weight is 1); got {vmax!r}")
+    norm = Normalize(vmin=0.0, vmax=top)
+
+    fig = Figure(figsize=comparison_figsize(len(rel), n_img, panel_size, bool(title)), layout="constrained")
+    axes = fig.subplots(len(rel), n_img, squeeze=False)
+    for i, (name, maps) in enumerate(rel.items()):
+        for j in range(n_img):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if im.ndim == 3:
+                ax.imshow(im[j], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(im[j], interpolation="nearest")
+            ax.imshow(maps[j], cmap=cmap, norm=norm, alpha=alpha, interpolation="nearest")
+            _draw_outlines(ax, outlines[j])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if i == 0 and titles is not None:
+                ax.set_title(titles[j], fontsize=7)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.8, fraction=0.04)
+    bar.set_label("pooling weight × n  (1 = uniform, as GAP)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_weight_comparison(
+    images,
+    weights: Mapping[str, object],
+    path: str | os.PathLike,
+    titles: Sequence[str] | None = None,
+    target_cells=None,
+    interpolation: str = "bilinear",
+    alpha: float = 0.5,
+    cmap: str = "inferno",
+    vmax: float | None = None,
+    panel_size: float = 1.6,
+    title: str | None = None,
+    dpi: int = 120,
+) -> Path:
+    """Write a PNG comparing the pooling weights of several methods on the same images.
+
+    One row per method (in the order of ``weights``), one column per image. Each panel shows the
+    image (greyscale or RGB, as :func:`plot_weight_maps` takes them) under a semi-transparent heat
+    layer (``alpha``, colour map ``cmap``): the method's weight map upsampled to the image size,
+    relative to uniform pooling (:func:`relative_weights`: 1 = GAP's weight). All panels share one
+    colour scale from 0 to ``vmax`` (default: the largest value, at least 2) and one colour bar.
+
+    Args:
+        images: (N, H, W) or (N, H, W, 3).
+        weights: method name -> (N, h, w) pooling weights of the same N images.
+        path: output ``.png``.
+        titles: optional N column titles (e.g. the class of each image).
+        target_cells: optional (N, gh, gw) bool: known target cells, outlined in every row.
+        interpolation: ``bilinear`` (default) or ``nearest`` upsampling of the maps.
+        panel_size: inches per panel; the figure is :func:`comparison_figsize` inches at ``dpi``.
+
+    Returns the written path.
+    """
+    from gspdml.viz.figure import save_figure
+
+    fig = weight_comparison_figure(images, weights, titles=titles, target_cells=target_cells,
+                                   interpolation=interpolation, alpha=alpha, cmap=cmap, vmax=vmax,
+                                   panel_size=panel_size, title=title)
+    return save_figure(fig, path, dpi=dpi)
