@@ -22,6 +22,11 @@ Run from the repository root (the generated files are committed)::
   conventional protocol, ``L_NIR + w * L_proxy`` with proxies x4000 and the flow x50, the backbone
   frozen for the first epoch(s).
 
+* ``pnca_pp_<dataset>.yaml``: the ProxyNCA++ recipe (Teh et al. 2020; ``euwern/proxynca_pp`` config/*.json,
+  train.py) for CUB, Cars196 (CUB's values: no Cars196 config), SOP and In-shop: ResNet-50 (BN trained) at
+  256 px, GMP + LayerNorm + Linear, Adam eps 1 / wd 0, gradients clipped by value 10, 5 warm-up epochs with the
+  backbone frozen, ReduceLROnPlateau (x0.1, patience 4) on the validation MAP@R.
+
 Every value and its source is listed in docs/paper-settings.md (tests/configs/test_paper_settings.py
 checks the files against its tables). Losses get ``dataset`` plus only what differs from the loss's
 defaults (which are the authors' values). The small shipped datasets have hand-written configs.
@@ -288,6 +293,42 @@ def build_nir(dataset: str, loss: str) -> dict:
     return {k: cfg[k] for k in ORDER}
 
 
+# --- the ProxyNCA++ recipe (sources: euwern/proxynca_pp config/{cub,sop,inshop}.json, train.py, networks.py,
+# dataset/config.json; see docs/paper-settings.md) ---------------------------------------------------------
+PNCA_PP_BASE = {
+    "data": {"image_size": 256, "transform": "imagenet", "normalization": "imagenet", "fold": None,
+             "val_split": "test", "num_workers": 8},
+    "model": {"backbone": "resnet50", "pretrained": "weights/resnet50-0676ba61.pth", "freeze_bn": False,
+              "pooling": "gmp", "pooling_kwargs": {}, "projection": "after", "feature_norm": "layernorm"},
+    "optim": {"name": "adam", "eps": 1.0, "weight_decay": 0.0, "no_decay_norm_bias": False, "scheduler": "plateau",
+              "gamma": 0.1, "plateau_patience": 4, "min_lr": 0.0},
+    "train": {"freeze_backbone_epochs": 5, "grad_clip_value": 10.0, "eval_every_steps": None, "patience": None,
+              "checkpoint_every_steps": 1000, "seed": 0, "log_every": 50},
+    "eval": {"batch_size": 128, "use_best": True},
+}
+
+#: per dataset: batch (classes x samples), embedding, lr, epochs (5 warm-up + nb_epochs), Recall@K
+PNCA_PP_DATASETS = {
+    "cub": {"classes": 8, "samples": 4, "dim": 2048, "lr": 4.0e-3, "epochs": 45, "recall_ks": [1, 2, 4, 8]},
+    "cars196": {"classes": 8, "samples": 4, "dim": 2048, "lr": 4.0e-3, "epochs": 45, "recall_ks": [1, 2, 4, 8]},
+    "sop": {"classes": 64, "samples": 3, "dim": 512, "lr": 2.4e-2, "epochs": 85, "recall_ks": [1, 10, 100, 1000]},
+    "inshop": {"classes": 64, "samples": 3, "dim": 2048, "lr": 2.4e-2, "epochs": 85, "recall_ks": [1, 10, 20, 30]},
+}
+
+
+def build_pnca_pp(dataset: str) -> dict:
+    """The ProxyNCA++ recipe config of ``dataset`` (cub, cars196, sop, inshop)."""
+    spec = PNCA_PP_DATASETS[dataset]
+    cfg = merge(PNCA_PP_BASE, {"name": f"pnca_pp_{dataset}", "output_dir": "runs", "data": DATASETS[dataset]["data"]})
+    cfg["data"].update({"classes_per_batch": spec["classes"], "samples_per_class": spec["samples"]})
+    cfg["model"]["local_dim"] = spec["dim"]
+    cfg["optim"]["lr"] = spec["lr"]
+    cfg["train"]["max_epochs"] = spec["epochs"]
+    cfg["eval"]["recall_ks"] = list(spec["recall_ks"])
+    cfg["loss"] = {"name": "PNCA++", "kwargs": {"dataset": dataset}, "zero_shot": {"enabled": False}}
+    return {k: cfg[k] for k in ORDER}
+
+
 def _write(cfg: dict, what: str, note: str = "", out: Path | None = None) -> Path:
     """Write ``cfg`` to ``<out or OUT>/<name>.yaml`` under a one-line header saying what it is."""
     path = (OUT if out is None else Path(out)) / f"{cfg['name']}.yaml"
@@ -316,6 +357,9 @@ def main(out: Path | None = None) -> list[Path]:
         for loss in NIR_LOSSES:
             written.append(_write(build_nir(dataset, loss), f"{dataset} / {NIR_LOSSES[loss]}: the NIR paper's recipe",
                                   "Roth et al. 2022; values and sources in docs/paper-settings.md; ", out))
+    for dataset in PNCA_PP_DATASETS:
+        written.append(_write(build_pnca_pp(dataset), f"{dataset} / PNCA++: the ProxyNCA++ recipe",
+                              "Teh et al. 2020; values and sources in docs/paper-settings.md; ", out))
     return written
 
 

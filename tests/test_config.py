@@ -243,3 +243,20 @@ def test_stored_configs_without_projection_keep_their_old_head():
     current = to_dict(TrainConfig())
     current["model"]["pooling"] = "gmp+gsp"
     assert upgrade_stored_config(current) == current
+
+
+def test_optimiser_recipe_keys_are_typed_and_checked():
+    """optim.eps, optim.plateau_patience, optim.min_lr, train.grad_clip_value (ProxyNCA++)."""
+    cfg = config_from_dict({"optim": {"eps": 1, "scheduler": "plateau", "gamma": 0.1, "plateau_patience": 4,
+                                      "min_lr": 1e-6}, "train": {"grad_clip_value": 10}, "data": {"fold": 0}})
+    assert (cfg.optim.eps, cfg.optim.plateau_patience, cfg.optim.min_lr, cfg.train.grad_clip_value) == (1.0, 4, 1e-6, 10.0)
+    defaults = config_from_dict({})
+    assert (defaults.optim.eps, defaults.optim.min_lr, defaults.train.grad_clip_value) == (1e-8, 0.0, None)
+    for data, match in (({"optim": {"eps": -1.0}}, "'optim.eps': expected a positive finite float"),
+                        ({"optim": {"min_lr": float("inf")}}, "'optim.min_lr'"),
+                        ({"train": {"grad_clip_value": 0.0}}, "'train.grad_clip_value': expected null or a positive"),
+                        ({"optim": {"plateau_patience": 1.5}}, "'optim.plateau_patience'"),
+                        ({"optim": {"scheduler": "plateau", "gamma": 2.0}}, "needs gamma < 1"),
+                        ({"optim": {"scheduler": "plateaux"}}, "valid choices are: .*plateau")):
+        with pytest.raises(ConfigError, match=match):
+            config_from_dict(data)

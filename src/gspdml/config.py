@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "cosine", "step", "multistep")
+SCHEDULERS = ("none", "cosine", "step", "multistep", "plateau")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROJECTIONS = ("auto", "before", "after")
@@ -176,16 +176,24 @@ class OptimConfig:
     no_decay_norm_bias: bool = True
     momentum: float = 0.9
     """Used by ``sgd`` only."""
+    eps: float = 1e-8
+    """Adam / AdamW epsilon (the term added to the root of the second moment); ProxyNCA++ uses 1.0."""
     scheduler: str = "none"
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many steps (any scheduler)."""
     step_size: int = 1000
     """``step`` scheduler: multiply the lr by ``gamma`` every ``step_size`` steps."""
     gamma: float = 0.5
+    """The lr factor of ``step``, ``multistep`` and ``plateau`` (``plateau``: < 1)."""
     min_lr_ratio: float = 0.0
     """``cosine`` scheduler: final lr as a fraction of the base lr."""
     milestone_epochs: list = field(default_factory=list)
     """``multistep`` scheduler: multiply the lr by ``gamma`` at the start of each of these epochs."""
+    plateau_patience: int = 10
+    """``plateau`` scheduler: validations without a better validation MAP@R before the lr is
+    multiplied by ``gamma`` (torch's ReduceLROnPlateau ``patience``, mode max)."""
+    min_lr: float = 0.0
+    """``plateau`` scheduler: no parameter group's lr goes below this."""
 
 
 @dataclass
@@ -217,6 +225,10 @@ class LoopConfig:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` (this process's GPU) or ``cuda:N``."""
     grad_clip: Optional[float] = None
     """Clip the global gradient norm to this value (``null``: no clipping)."""
+    grad_clip_value: Optional[float] = None
+    """Clip every gradient element of the model's parameters to ``[-v, v]`` (``null``: off; the
+    loss's parameters, e.g. proxies, are not clipped, as ProxyNCA++). Applied after the fp16
+    unscale and after ``grad_clip`` (the norm is measured and clipped first)."""
     divergence_factor: Optional[float] = 1e3
     """Stop (naming the step and the last good checkpoint) when a step's training loss exceeds the
     run's first loss by more than this factor x max(|first loss|, 1) (``null``: no such check; a
@@ -427,6 +439,20 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"config key 'optim.milestone_epochs': expected increasing ints >= 1, got {milestones}")
     if o.scheduler.lower() == "multistep" and not milestones:
         raise ConfigError("optim.scheduler=multistep needs optim.milestone_epochs (e.g. [140, 230])")
+    if o.plateau_patience < 0:
+        raise ConfigError(f"config key 'optim.plateau_patience': expected an int >= 0, got {o.plateau_patience}")
+    if o.scheduler.lower() == "plateau":
+        if o.gamma >= 1:
+            raise ConfigError(f"config key 'optim.gamma': optim.scheduler=plateau multiplies the lr by gamma and "
+                              f"needs gamma < 1, got {o.gamma!r}")
+        if o.warmup_steps:
+            raise ConfigError(f"optim.scheduler=plateau takes no optim.warmup_steps (got {o.warmup_steps}): the "
+                              "plateau schedule changes the lr only after validations; use "
+                              "train.freeze_backbone_epochs for a warm-up")
+        if cfg.train.eval_every_steps == 0:
+            raise ConfigError("optim.scheduler=plateau steps on the validation MAP@R but train.eval_every_steps=0 "
+                              "turns validation off; validate every epoch (null) or every N steps, with data.fold "
+                              "or data.val_split set")
     for m in cfg.eval.metrics:
         if not isinstance(m, str) or not re.fullmatch(r"nmi|map_at_[1-9]\d*", m):
             raise ConfigError(f"config key 'eval.metrics': unknown metric {m!r}; valid are 'nmi' and 'map_at_<K>' "
@@ -470,6 +496,9 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "optim.momentum": (0.0, True, 1.0, False),
     "optim.gamma": (0.0, False, math.inf, False),
     "optim.min_lr_ratio": (0.0, True, 1.0, True),
+    "optim.eps": (0.0, False, math.inf, False),
+    "optim.min_lr": (0.0, True, math.inf, False),
+    "train.grad_clip_value": (0.0, False, math.inf, False),
     "train.grad_clip": (0.0, False, math.inf, False),
     "train.divergence_factor": (1.0, False, math.inf, False),
     "train.max_grad_norm": (0.0, False, math.inf, False),

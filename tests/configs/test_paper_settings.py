@@ -48,6 +48,7 @@ def _generated_names(gen) -> list[str]:
     names += [gen.build_conventional(d, b, p)["name"] for d in gen.CONV_DATASETS for b in gen.CONV_BACKBONES
               for p in gen.CONV_POOLINGS]
     names += [gen.build_nir(d, l)["name"] for d in gen.NIR_DATASETS for l in gen.NIR_LOSSES]
+    names += [gen.build_pnca_pp(d)["name"] for d in gen.PNCA_PP_DATASETS]
     return names
 
 
@@ -62,7 +63,7 @@ def _lookup(tree: dict, key: str):
 def test_the_doc_tables_cover_every_generated_config_and_the_required_settings():
     gen, rows = _generator(), _rows()
     names = _generated_names(gen)
-    assert len(names) == 56 + 16 + 6 and len(set(names)) == len(names)
+    assert len(names) == 56 + 16 + 6 + 4 and len(set(names)) == len(names)
     keys_per_config = {n: set() for n in names}
     for patterns, setting, pairs in rows:
         matched = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
@@ -132,7 +133,7 @@ def test_every_generated_config_loads_and_validates():
 def test_generator_is_idempotent(tmp_path):
     gen = _generator()
     written = gen.main(tmp_path)
-    assert len(written) == 78
+    assert len(written) == 82
     for path in written:
         committed = gen.OUT / path.name
         assert committed.read_bytes() == path.read_bytes(), path.name

@@ -67,3 +67,61 @@ def test_eval_metrics_reach_the_final_test(tmp_path):
     expected = compute_retrieval_metrics(emb, labels, extra_metrics=("nmi", "map_at_10"))
     assert {"nmi", "map_at_10"} <= set(res.final_metrics)
     assert res.final_metrics == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_eps_reaches_the_optimizer_and_its_update(name):
+    """optim.eps=1 (ProxyNCA++): in every param group, and two steps equal Adam's update written out by hand."""
+    cfg = tiny_config(None, [f"optim.name={name}", "optim.eps=1.0", "optim.weight_decay=0", "optim.lr=0.1"])
+    module = TrainModule(build_model(cfg.model), build_loss("C1", num_classes=5, embedding_dim=8), None, 0.0)
+    opt = build_optimizer(cfg, module)
+    assert [g["eps"] for g in opt.param_groups] == [1.0] * len(opt.param_groups)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    start = [p.detach().clone() for p in params]
+    gen = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(p.shape, generator=gen) * 3 for p in params] for _ in range(2)]
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        opt.step()
+    b1, b2, lr, eps = 0.9, 0.999, 0.1, 1.0
+    for p, p0, g1, g2 in zip(params, start, *grads):
+        m1, v1 = (1 - b1) * g1, (1 - b2) * g1 * g1
+        x1 = p0 - lr * (m1 / (1 - b1)) / ((v1 / (1 - b2)).sqrt() + eps)
+        m2, v2 = b1 * m1 + (1 - b1) * g2, b2 * v1 + (1 - b2) * g2 * g2
+        x2 = x1 - lr * (m2 / (1 - b1 ** 2)) / ((v2 / (1 - b2 ** 2)).sqrt() + eps)
+        torch.testing.assert_close(p.detach(), x2, rtol=1e-5, atol=1e-6)
+    assert tiny_config(None, []).optim.eps == 1e-8  # torch's default
+    with pytest.raises(ConfigError, match="'optim.eps': expected a positive finite float"):
+        tiny_config(None, ["optim.eps=0"])
+
+
+def _one_sgd_step(lr: float, clip):
+    from engine_fixtures import blob_datasets
+    from gspdml.engine.trainer import train
+
+    over = ["optim.name=sgd", "optim.momentum=0.0", "optim.weight_decay=0", f"optim.lr={lr}", "loss.name=PAnchor",
+            "train.max_steps=1", "eval.test_at_end=false", f"train.grad_clip_value={'null' if clip is None else clip}"]
+    res = train(tiny_config(None, over), progress=False, datasets=blob_datasets())
+    model = {k: v.detach().clone() for k, v in res.model.named_parameters()}
+    return model, res.extras["loss"].proxies.detach().clone()
+
+
+def test_grad_clip_value_clips_each_element_of_the_model_gradients():
+    """One plain SGD step: lr 1 and lr 2 without clipping give the start point p0 and the gradient g; with
+    train.grad_clip_value=v the model moves by clamp(g, -v, v), the loss's proxies by their full gradient."""
+    m1, p1 = _one_sgd_step(1.0, None)
+    m2, p2 = _one_sgd_step(2.0, None)
+    grad = {k: m1[k] - m2[k] for k in m1}
+    v = float(torch.cat([g.abs().flatten() for g in grad.values()]).median())
+    mc, pc = _one_sgd_step(1.0, v)
+    clipped = 0
+    for k in m1:
+        p0 = 2 * m1[k] - m2[k]
+        torch.testing.assert_close(mc[k], p0 - grad[k].clamp(-v, v), rtol=0, atol=1e-5, msg=k)
+        clipped += int((grad[k].abs() > v * 1.01).sum())
+    assert clipped > 10  # the crafted threshold cut about half of the elements
+    torch.testing.assert_close(pc, p1)  # the proxies are not clipped (ProxyNCA++ clips model.parameters())
+    assert float(((p1 - p2) / 100).abs().max()) > v  # ... although their gradient (lr x100) exceeds v
+    with pytest.raises(ConfigError, match="'train.grad_clip_value'"):
+        tiny_config(None, ["train.grad_clip_value=-1"])

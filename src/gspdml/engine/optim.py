@@ -1,4 +1,5 @@
-"""Optimiser and learning-rate schedule of a run: :func:`build_optimizer`, :func:`build_scheduler`."""
+"""Optimiser and learning-rate schedule of a run: :func:`build_optimizer`, :func:`build_scheduler`,
+:func:`steps_on_validation` (whether the schedule is stepped after validations, with the metric)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from gspdml.errors import ConfigError, unknown_choice
 if TYPE_CHECKING:
     from gspdml.engine.state import TrainModule
 
-__all__ = ["build_optimizer", "build_scheduler"]
+__all__ = ["build_optimizer", "build_scheduler", "steps_on_validation"]
 
 
 def build_optimizer(cfg: TrainConfig, module: TrainModule) -> torch.optim.Optimizer:
@@ -23,6 +24,7 @@ def build_optimizer(cfg: TrainConfig, module: TrainModule) -> torch.optim.Optimi
     decay. The losses' ``param_groups()`` (proxies, NIR flow, class-embedding table) get
     ``lr x lr_mult``; the proxies' multiplier is the loss's own ``proxy_lr_mult`` keyword. A loss
     group may set its own ``weight_decay`` (NIR: none on proxies and flow), else ``optim.weight_decay``.
+    Adam and AdamW use ``optim.eps``.
     """
     o = cfg.optim
     groups: list[dict] = []
@@ -47,9 +49,9 @@ def build_optimizer(cfg: TrainConfig, module: TrainModule) -> torch.optim.Optimi
         raise ConfigError("nothing to train: the model and the loss have no parameter that requires gradients")
     name = o.name.lower()
     if name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr)
+        return torch.optim.Adam(groups, lr=o.lr, eps=o.eps)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr)
+        return torch.optim.AdamW(groups, lr=o.lr, eps=o.eps)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
     raise unknown_choice("optim.name", o.name, OPTIMIZERS)  # pragma: no cover (validated)
@@ -58,8 +60,17 @@ def build_optimizer(cfg: TrainConfig, module: TrainModule) -> torch.optim.Optimi
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int = 1):
     """LambdaLR: linear warm-up over ``optim.warmup_steps``, then constant / cosine / step decay, or
     ``multistep``: x ``gamma`` at each of ``optim.milestone_epochs`` (epoch e starts at step
-    ``e * steps_per_epoch``)."""
+    ``e * steps_per_epoch``); stepped after every optimiser step.
+
+    ``plateau``: torch's ReduceLROnPlateau (mode max, factor ``optim.gamma``, patience
+    ``optim.plateau_patience``, ``min_lr`` ``optim.min_lr``, torch's default relative threshold
+    1e-4, no cooldown) on the validation MAP@R: stepped after every validation with that metric
+    (:func:`steps_on_validation`), never after an optimiser step; it scales every parameter group.
+    """
     o = cfg.optim
+    if o.scheduler.lower() == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=o.gamma,
+                                                          patience=o.plateau_patience, min_lr=o.min_lr)
     milestones = [int(e) * max(int(steps_per_epoch), 1) for e in o.milestone_epochs]
     kind = o.scheduler.lower()
     warm = o.warmup_steps
@@ -78,3 +89,9 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_st
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_on_validation(scheduler) -> bool:
+    """True for a schedule stepped after each validation with its MAP@R (``plateau``), False for one
+    stepped after every optimiser step."""
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)

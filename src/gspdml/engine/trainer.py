@@ -48,9 +48,10 @@ from gspdml.engine.checkpoint import load_checkpoint, load_resume_checkpoint, re
 from gspdml.engine.context import RunContext, ignore_stop_signals, new_window
 from gspdml.engine.datasets import build_datasets, build_sampler, worker_error_message
 from gspdml.engine.distributed import DistContext, cleanup, init_from_env
+from gspdml.engine.optim import steps_on_validation
 from gspdml.engine.runs import LOGGER_NAME, Interrupted, RunFolder, RunLock, RunResult, new_run_dir
 from gspdml.engine.state import TrainState
-from gspdml.errors import CheckpointError, GspdmlError, InputError
+from gspdml.errors import CheckpointError, ConfigError, GspdmlError, InputError
 
 __all__ = ["train", "train_one_epoch", "validate"]
 
@@ -137,6 +138,9 @@ def _train(cfg: TrainConfig, ctx: DistContext, progress: bool, resume, run_dir, 
             ckpt, _ = load_resume_checkpoint(resume_file, trust=trust)
         seed_everything(t.seed + ctx.rank)
         data = build_datasets(cfg, datasets)
+        if cfg.optim.scheduler.lower() == "plateau" and data.get("val") is None:
+            raise ConfigError("optim.scheduler=plateau steps on the validation MAP@R but this run has no validation "
+                              "set; set data.fold (an MLRC fold) or data.val_split (e.g. test), or pass datasets['val']")
         train_set = relabeled(data["train"])
         sampler = build_sampler(cfg, train_set, ctx)
         # the epoch length varies a little between epochs (greedy class-balanced plan): the step
@@ -315,16 +319,20 @@ def _optimizer_step(state: TrainState, run: RunContext, batch) -> tuple[float, d
     optimizer, scaler = state.optimizer, state.scaler
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
-    if t.grad_clip is not None or t.max_grad_norm is not None:
+    if t.grad_clip is not None or t.max_grad_norm is not None or t.grad_clip_value is not None:
         scaler.unscale_(optimizer)
         norm = _grad_norm(state, t.grad_clip)
         if not math.isfinite(norm) and not scaler.is_enabled():  # fp16 loss scaling skips such a step itself
             raise run.diverged(step, f"the gradient norm became {norm}")
         if t.max_grad_norm is not None and math.isfinite(norm) and norm > t.max_grad_norm:
             raise run.diverged(step, f"the gradient norm {norm:.4g} exceeds train.max_grad_norm={t.max_grad_norm:g}")
+        if t.grad_clip_value is not None:  # after the norm: each element of the model's gradients
+            torch.nn.utils.clip_grad_value_([p for p in state.model.parameters() if p.grad is not None],
+                                            t.grad_clip_value)
     scaler.step(optimizer)
     scaler.update()
-    state.scheduler.step()
+    if not steps_on_validation(state.scheduler):  # a plateau schedule steps in validate()
+        state.scheduler.step()
     state.step += 1
     state.batch_in_epoch += 1
     return value, {k: float(v) for k, v in parts.items()}, int(y.shape[0])
@@ -363,6 +371,8 @@ def validate(state: TrainState, run: RunContext) -> bool:
     metrics = run.evaluate(state, run.val_set, None, "validate")
     state.history.append({"step": state.step, "epoch": state.epoch, **{f"val_{k}": v for k, v in metrics.items()}})
     logger.info("step %d validation: %s", state.step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    if steps_on_validation(state.scheduler):  # optim.scheduler=plateau: on the validation MAP@R
+        state.scheduler.step(metrics["map_at_r"])
     if state.update_best(metrics):
         run.save(state, best=True)
     patience = run.cfg.train.patience

@@ -135,6 +135,14 @@ class GMPGSP(_RawCombination):
         return gsp_pooled + self._project(mx, weight), weights, marginals
 
 
+def _init_gem(module: nn.Module, p: float, clamp_eps: float, learn_p: bool) -> None:
+    """GeM's exponent ``p`` (a parameter when ``learn_p``) and input clamp on ``module``."""
+    module.p = learnable_exponent(p, learn_p, module.where)
+    if not clamp_eps > 0:
+        raise InputError(f"{module.where}: clamp_eps must be > 0, got {clamp_eps}")
+    module.clamp_eps = clamp_eps
+
+
 @POOLINGS.register("gem+gsp")
 class GeMGSP(_RawCombination):
     """GeM+GSP as the authors' TF layer (``use_gemp``): ``P(GeM(n p * x))`` with GeM's ``p``
@@ -152,10 +160,7 @@ class GeMGSP(_RawCombination):
         **gsp_kwargs: Any,
     ) -> None:
         super().__init__(dim, gsp=gsp, **gsp_kwargs)
-        self.p = learnable_exponent(p, learn_p, self.where)
-        if not clamp_eps > 0:
-            raise InputError(f"{self.where}: clamp_eps must be > 0, got {clamp_eps}")
-        self.clamp_eps = clamp_eps
+        _init_gem(self, p, clamp_eps, learn_p)
 
     def combine(self, feats, weight, mask, spatial=None):
         gap_phase = bool(getattr(self.gsp, "outputs_gap", False))  # decided before this step's call
@@ -205,8 +210,7 @@ class ProjectedGeMGSP(_ProjectedCombination):
         **gsp_kwargs: Any,
     ) -> None:
         super().__init__(dim, gsp=gsp, **gsp_kwargs)
-        self.p = learnable_exponent(p, learn_p, self.where)
-        self.clamp_eps = clamp_eps
+        _init_gem(self, p, clamp_eps, learn_p)
 
     def pool(self, feats, mask):
         _, weighted, weights, marginals = self._weighted(feats, mask)
