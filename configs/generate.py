@@ -67,6 +67,8 @@ BASE = {
         "max_epochs": 100,
         "eval_every_steps": 100,
         "patience": 15,
+        "grad_clip": 10.0,
+        "grad_clip_value": 10.0,
         "checkpoint_every_steps": 1000,
         "seed": 0,
         "log_every": 50,
@@ -162,8 +164,9 @@ def build(dataset: str, loss: str, pooling: str) -> dict:
 CONV_BASE = {
     "data": {"fold": None, "val_split": "test", "samples_per_class": 4, "num_workers": 8},
     "model": {"local_dim": 512, "freeze_bn": True, "projection": "auto"},
-    "optim": {"name": "adam", "scheduler": "none"},
-    "train": {"max_epochs": 1000, "checkpoint_every_steps": 1000, "seed": 0, "log_every": 50},
+    "optim": {"name": "adam", "scheduler": "plateau", "gamma": 0.5, "min_lr": 1.0e-6},
+    "train": {"max_epochs": 1000, "grad_clip": 10.0, "grad_clip_value": 10.0, "checkpoint_every_steps": 1000,
+              "seed": 0, "log_every": 50},
     "eval": {"batch_size": 128, "use_best": True},
 }
 
@@ -179,12 +182,12 @@ CONV_BACKBONES = {
                  "optim": {"weight_decay": 4.0e-4}},
 }
 
-#: per size: lr, validation period (the authors' steps_per_epoch), patience, XBM start (iterations)
+#: per size: lr, validation period (the authors' steps_per_epoch), early-stopping and plateau patience, XBM start
 CONV_SIZES = {
-    ("small", "bninception"): {"lr": 1.0e-5, "eval_every_steps": 25, "patience": 15, "xbm_batches": 50, "xbm_start": 1000},
-    ("small", "resnet50"): {"lr": 1.0e-5, "eval_every_steps": 25, "patience": 15, "xbm_batches": 25, "xbm_start": 100},
-    ("large", "bninception"): {"lr": 1.0e-4, "eval_every_steps": 250, "patience": 10, "xbm_batches": 1400, "xbm_start": 1000},
-    ("large", "resnet50"): {"lr": 1.0e-4, "eval_every_steps": 250, "patience": 10, "xbm_batches": 1400, "xbm_start": 1000},
+    ("small", "bninception"): {"lr": 1.0e-5, "eval_every_steps": 25, "patience": 15, "plateau_patience": 4, "xbm_batches": 50, "xbm_start": 1000},
+    ("small", "resnet50"): {"lr": 1.0e-5, "eval_every_steps": 25, "patience": 15, "plateau_patience": 4, "xbm_batches": 25, "xbm_start": 100},
+    ("large", "bninception"): {"lr": 1.0e-4, "eval_every_steps": 250, "patience": 10, "plateau_patience": 3, "xbm_batches": 1400, "xbm_start": 1000},
+    ("large", "resnet50"): {"lr": 1.0e-4, "eval_every_steps": 250, "patience": 10, "plateau_patience": 3, "xbm_batches": 1400, "xbm_start": 1000},
 }
 
 #: per dataset: size class, Recall@K list, XBM batches in memory where trainModel.py overrides it
@@ -206,7 +209,7 @@ def build_conventional(dataset: str, backbone: str, pooling: str) -> dict:
     name = f"conv_{dataset}_{backbone}_xbm_{pooling}"
     cfg = merge(CONV_BASE, {"name": name, "output_dir": "runs", "data": DATASETS[dataset]["data"]})
     cfg = merge(cfg, bb)
-    cfg["optim"]["lr"] = size["lr"]
+    cfg["optim"].update({"lr": size["lr"], "plateau_patience": size["plateau_patience"]})
     cfg["train"].update({"eval_every_steps": size["eval_every_steps"], "patience": size["patience"]})
     cfg["eval"]["recall_ks"] = list(spec["recall_ks"])
     batch = cfg["data"]["classes_per_batch"] * cfg["data"]["samples_per_class"]

@@ -364,7 +364,8 @@ def _log_step(state: TrainState, run: RunContext, loss: float, parts: dict, imag
 
 def validate(state: TrainState, run: RunContext) -> bool:
     """Validation metrics of the current model as a history row; a new best MAP@R keeps the
-    weights (and writes ``best.pt``), otherwise the patience count grows.
+    weights (and writes ``best.pt``), otherwise the patience count grows. A ``plateau`` lr
+    schedule (``optim.scheduler``) steps here, on the validation MAP@R.
 
     Returns True when early stopping triggers (``train.patience`` validations without a better one).
     """
