@@ -130,3 +130,20 @@ def test_all_failed_pooling_is_listed_and_every_failure_exits_non_zero(tmp_path,
                  "--out", str(tmp_path / "all"), "--no-progress"]) == 1
     assert "every run failed" in capsys.readouterr().err
     assert json.loads((tmp_path / "all" / "metrics.json").read_text())["all_failed"] is True
+
+
+def test_torch_threads_sets_and_restores_and_rejects_bad_counts():
+    import torch
+
+    from gspdml.demo.studies import torch_threads
+    from gspdml.errors import InputError
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    for bad in (0, -2, True, 1.5):
+        with pytest.raises(InputError, match="--threads must be an integer >= 1"):
+            with torch_threads(bad):
+                pass
+    assert torch.get_num_threads() == before

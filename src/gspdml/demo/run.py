@@ -62,19 +62,13 @@ def run_demo(out=None, *, quick: bool = False, full: bool = False, seeds: int | 
             and slow down badly when the cores are shared).
         progress: show progress bars.
     """
-    import torch
-
     from gspdml.engine.distributed import resolve_device
 
-    if threads < 1:
-        raise InputError(f"--threads must be >= 1, got {threads}")
-    resolve_device(device)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    from gspdml.demo.studies import torch_threads
+
+    with torch_threads(threads):
+        resolve_device(device)
         return _run_studies(out, quick, full, seeds, device, progress)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run_studies(out, quick: bool, full: bool, seeds: int | None, device: str, progress: bool) -> dict:

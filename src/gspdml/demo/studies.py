@@ -29,10 +29,11 @@ Design choices (measured while building the demo; results in docs/results.md):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,7 +55,23 @@ __all__ = [
     "token_target_mask",
     "digits_target_mask",
     "check_finite",
+    "torch_threads",
 ]
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (checked: an int >= 1), then restore the
+    previous count."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"--threads must be an integer >= 1, got {threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
 
 #: Pooling settings of the compared methods (``zs``: add the zero-shot loss L_ZS).
 METHODS: dict[str, dict[str, Any]] = {

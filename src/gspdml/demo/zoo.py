@@ -222,24 +222,17 @@ def run_zoo(out=None, *, poolings=None, seeds: int = 3, quick: bool = False, dev
 
     ``result["all_failed"]`` is True when no run finished.
     """
-    import torch
-
     from gspdml.demo.run import fresh_out_dir
+    from gspdml.demo.studies import torch_threads
     from gspdml.engine.distributed import resolve_device
 
     names = zoo_poolings(poolings)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"--seeds must be a positive integer, got {seeds!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InputError(f"--threads must be >= 1, got {threads!r}")
-    resolve_device(device)
-    folder = fresh_out_dir(_default_out() if out is None else out)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
+        resolve_device(device)
+        folder = fresh_out_dir(_default_out() if out is None else out)
         return _run(folder, names, seeds, quick, device, progress)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(folder: Path, names: list[str], seeds: int, quick: bool, device: str, progress: bool) -> dict:
