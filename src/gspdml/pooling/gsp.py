@@ -269,8 +269,6 @@ class GSP(Pooling):
             self.warmup_count.add_(1)
             self._warming = int(self.warmup_count) < self._warmup_steps
             return
-        if self._ready:
-            return
         gap = _gather_ranks(gap)
         count = int(self.memory_count)
         take = min(gap.shape[0], self.memory_size - count)
@@ -301,23 +299,24 @@ class GSP(Pooling):
     def _transport_pool(self, feats: Tensor, mask: Optional[Tensor], with_solution: bool):
         """``(pooled (B, C), (weights (B, n), marginals (B, m), rho (B, n)) or None)``.
 
-        Masked GAP while the k-center initialisation is pending or at ``mu = 1`` (the transport
-        problem is then still solved for the details, unless they are not asked for).
+        Masked GAP during the warm-up, while the k-center initialisation is pending or at
+        ``mu = 1`` (the transport problem is then still solved for the details, unless they are not
+        asked for).
         """
         out_dtype = feats.dtype
         dtype = solver_dtype(torch.promote_types(out_dtype, self.prototypes.dtype))
-        ready = self._ready
+        pending = self.outputs_gap  # warm-up or k-center pending: this step counts / fills the memory
         if self.check_finite and not is_tracing() and not all_finite(self.prototypes):
             raise InputError(
                 f"{self.where} prototypes contain NaN or infinite values (e.g. after a diverged "
                 f"optimisation step); they must be finite"
             )
-        gap_out = (not ready) or self.mu >= 1.0 or self._warming
+        gap_out = pending or self.mu >= 1.0
         with no_autocast(feats.device.type):
             feats = feats.to(dtype)
             if gap_out:
                 pooled = masked_mean(feats, mask)
-                if (self._warming or not ready) and self.training:
+                if pending and self.training:
                     self._remember(pooled.detach())
                 if not with_solution:
                     return pooled.to(out_dtype), None
