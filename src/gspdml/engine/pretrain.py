@@ -108,15 +108,20 @@ def _loader(dataset, batch_size: int, train: bool, workers: int, seed: int):
                                        num_workers=workers, generator=generator, pin_memory=False)
 
 
+def _logits(model: Classifier, x, y, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` of a batch on ``device``, the forward under autocast to ``dtype`` (None: fp32)."""
+    x, y = x.to(device), torch.as_tensor(y).to(device)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        return model(x), y
+
+
 @torch.no_grad()
 def _evaluate(model: Classifier, loader, device, dtype) -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy) over ``loader``."""
     model.eval()
     total, loss_sum, correct = 0, 0.0, 0
     for x, y in loader:
-        x, y = x.to(device), torch.as_tensor(y).to(device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x)
+        logits, y = _logits(model, x, y, device, dtype)
         loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         total += len(y)
@@ -182,9 +187,7 @@ def pretrain(cfg: TrainConfig, *, progress: bool = True, datasets: dict | None =
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
             for x, y in train_loader:
-                x, y = x.to(device), torch.as_tensor(y).to(device)
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    logits = model(x)
+                logits, y = _logits(model, x, y, device, dtype)
                 loss = nn.functional.cross_entropy(logits.float(), y)
                 value = float(loss.detach())
                 if not math.isfinite(value):
