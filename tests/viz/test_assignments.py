@@ -11,7 +11,8 @@ from fixtures_data import make_cifar10
 from gspdml.cli import main
 from gspdml.config import load_config
 from gspdml.errors import InputError
-from gspdml.viz.assignments import dominant_assignments, figure_size, plot_assignments, transport_plans
+from gspdml.analysis.assignments import dominant_assignments, transport_plans
+from gspdml.viz.assignments import figure_size, plot_assignments
 
 
 def _brute_cost(f, w):

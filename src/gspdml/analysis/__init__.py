@@ -1,5 +1,5 @@
 """Analyses of trained models (arrays or a model in, numbers out): zero-shot attribute evaluation,
-pooling-weight maps."""
+pooling-weight maps, prototype assignments."""
 from gspdml._lazy import lazy_exports
 
 _EXPORTS = {
@@ -9,6 +9,8 @@ _EXPORTS = {
     'class_means': 'gspdml.analysis.zeroshot',
     'collect_model_outputs': 'gspdml.analysis.zeroshot',
     'pooling_weight_maps': 'gspdml.analysis.weights',
+    'transport_plans': 'gspdml.analysis.assignments',
+    'dominant_assignments': 'gspdml.analysis.assignments',
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -151,7 +151,8 @@ def run_assignments(args: argparse.Namespace) -> int:
     import torch
 
     from gspdml.analysis.weights import check_image_model, find_gsp, pooling_weight_maps
-    from gspdml.viz.assignments import dominant_assignments, plot_assignments, transport_plans
+    from gspdml.analysis.assignments import dominant_assignments, transport_plans
+    from gspdml.viz.assignments import plot_assignments
     from gspdml.viz.weights import to_display_image
 
     common.check_positive("--num", args.num)
