@@ -33,12 +33,12 @@ def _budget(quick: bool, full: bool):
     return BUDGETS["full" if full else "default"]
 
 
-def fresh_out_dir(out) -> Path:
-    """The run folder ``out`` (default ``gspdml_runs/demo-<UTC time>``), created; an existing
+def fresh_out_dir(out, kind: str = "demo") -> Path:
+    """The run folder ``out`` (default ``gspdml_runs/<kind>-<UTC time>``), created; an existing
     non-empty folder or a file there is an InputError (results are never overwritten)."""
     if out is None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        out = Path("gspdml_runs") / f"demo-{stamp}"
+        out = Path("gspdml_runs") / f"{kind}-{stamp}"
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise InputError(f"--out {str(path)!r} exists and is not a folder")

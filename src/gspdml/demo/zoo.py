@@ -29,7 +29,6 @@ import os
 import platform
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -202,11 +201,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         writer.writerows(rows)
 
 
-def _default_out() -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("gspdml_runs") / f"zoo-{stamp}"
-
-
 def run_zoo(out=None, *, poolings=None, seeds: int = 3, quick: bool = False, device: str = "cpu",
             threads: int = 1, progress: bool = True) -> dict:
     """Run the pooling zoo and write the run folder; returns the results (also in ``metrics.json``).
@@ -231,7 +225,7 @@ def run_zoo(out=None, *, poolings=None, seeds: int = 3, quick: bool = False, dev
         raise InputError(f"--seeds must be a positive integer, got {seeds!r}")
     with torch_threads(threads):
         resolve_device(device)
-        folder = fresh_out_dir(_default_out() if out is None else out)
+        folder = fresh_out_dir(out, "zoo")
         return _run(folder, names, seeds, quick, device, progress)
 
 
