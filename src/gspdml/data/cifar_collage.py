@@ -88,6 +88,15 @@ def subclass_split(arr: CifarArrays, split_scheme: str = "3/2") -> dict[str, dic
     return out
 
 
+def resolve_split_scheme(variant: str, split_scheme: str | None, split: str) -> str:
+    """``split_scheme`` (default: ``variant``'s), checked, with ``split`` one of its splits."""
+    scheme = split_scheme or _VARIANT_SCHEME[variant]
+    if scheme not in SPLIT_SCHEMES:
+        raise unknown_choice("cifar_collage split_scheme", scheme, SPLIT_SCHEMES)
+    check_split(f"cifar_collage (split_scheme {scheme})", split, tuple(SPLIT_SCHEMES[scheme]))
+    return scheme
+
+
 class CifarCollage(LabeledDataset):
     """Cifar Collage samples; see the module docstring.
 
@@ -100,10 +109,7 @@ class CifarCollage(LabeledDataset):
                  grid: int | None = None, seed: int = 0, num_samples: int | None = None,
                  split_scheme: str | None = None) -> None:
         spec = VARIANTS[variant]
-        self.split_scheme = split_scheme or _VARIANT_SCHEME[variant]
-        if self.split_scheme not in SPLIT_SCHEMES:
-            raise unknown_choice("cifar_collage split_scheme", self.split_scheme, SPLIT_SCHEMES)
-        check_split(f"cifar_collage (split_scheme {self.split_scheme})", split, tuple(SPLIT_SCHEMES[self.split_scheme]))
+        self.split_scheme = resolve_split_scheme(variant, split_scheme, split)
         self.grid = int(grid if grid is not None else spec["grid"])
         if self.grid < 2:
             raise ConfigError(f"cifar_collage grid must be >= 2, got {self.grid}")
@@ -157,10 +163,7 @@ def build(root: str, split: str, transform: Callable | None = None, *, variant: 
     from ``root``'s cifar-100-python/; ``split_scheme`` ``3/2`` or ``2/1/2`` (default: the variant's)."""
     if variant not in VARIANTS:
         raise unknown_choice("cifar_collage variant", variant, VARIANTS)
-    scheme = split_scheme or _VARIANT_SCHEME[variant]
-    if scheme not in SPLIT_SCHEMES:
-        raise unknown_choice("cifar_collage split_scheme", scheme, SPLIT_SCHEMES)
-    check_split("cifar_collage", split, tuple(SPLIT_SCHEMES[scheme]))
+    scheme = resolve_split_scheme(variant, split_scheme, split)  # before the file is read
     if source is None:
         source = "train" if split == "train" else "test"
     check_split("cifar_collage source", source, ("train", "test"))
