@@ -65,6 +65,16 @@ log = logging.getLogger(__name__)
 LOSSES = Registry("loss", skip_args=("num_classes", "embedding_dim"), noun="setting")
 
 
+def _per_dataset(value: Any, setting: str, table: dict, key: Optional[str], loss: str) -> Any:
+    """``value``, or when it is None the reference value of dataset ``key`` in ``table``; neither
+    is a ConfigError naming ``loss``, ``setting`` and the datasets."""
+    if value is not None:
+        return value
+    if key is None:
+        raise ConfigError(f"loss {loss!r}: give dataset ({', '.join(DATASETS)}) or {setting}")
+    return table[key]
+
+
 @LOSSES.register("C1")
 def c1(num_classes: int, embedding_dim: int, pos_margin: float = 0.0, neg_margin: float = 0.5, dataset: Optional[str] = None) -> DMLLoss:
     dataset_key(dataset, "C1")
@@ -132,10 +142,7 @@ def xbm(
     memory_weight: float = 1.0,
 ) -> DMLLoss:
     key = dataset_key(dataset, "XBM")
-    if memory_size is None:
-        if key is None:
-            raise ConfigError(f"loss 'XBM': give dataset ({', '.join(DATASETS)}) or memory_size")
-        memory_size = XBM_MEMORY_SIZES[key]
+    memory_size = _per_dataset(memory_size, "memory_size", XBM_MEMORY_SIZES, key, "XBM")
     return XBMLoss(embedding_dim, memory_size, warmup_iters, pos_margin, neg_margin, memory_weight, pair_loss, margin)
 
 
@@ -179,10 +186,7 @@ def proxy_nca_pp(
 ) -> ProxyLoss:
     key = dataset_key(dataset, "PNCA++")
     temperature = _check_positive(temperature, "temperature", "PNCA++")
-    if proxy_lr_mult is None:
-        if key is None:
-            raise ConfigError(f"loss 'PNCA++': give dataset ({', '.join(DATASETS)}) or proxy_lr_mult")
-        proxy_lr_mult = PNCA_PP_PROXY_LR_MULT[key]
+    proxy_lr_mult = _per_dataset(proxy_lr_mult, "proxy_lr_mult", PNCA_PP_PROXY_LR_MULT, key, "PNCA++")
     loss = pml_losses.ProxyNCALoss(
         num_classes=num_classes, embedding_size=embedding_dim, softmax_scale=1.0 / temperature,
         distance=pml_distances.LpDistance(power=2),
@@ -236,11 +240,7 @@ def with_nir(base: Callable[..., ProxyLoss], name: str) -> Callable[..., NIRProx
         bound.apply_defaults()
         s = bound.arguments
         key = dataset_key(s["dataset"], name)
-        weight = s["proxy_weight"]
-        if weight is None:
-            if key is None:
-                raise ConfigError(f"loss {name!r}: give dataset ({', '.join(DATASETS)}) or proxy_weight")
-            weight = NIR_WEIGHTS[key]
+        weight = _per_dataset(s["proxy_weight"], "proxy_weight", NIR_WEIGHTS, key, name)
         # the flow first, then the proxies: the order in which they draw from the global RNG
         nir = NIRLoss(s["embedding_dim"], **{k: s[k] for k in NIR_FLOW_SETTINGS})
         proxy = base(s["num_classes"], s["embedding_dim"], proxy_lr_mult=s["proxy_lr_mult"], **{p.name: s[p.name] for p in own})
